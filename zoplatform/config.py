@@ -1,0 +1,38 @@
+"""Validated configuration: pydantic models with one-line errors.
+
+Every method declares its hyperparameters as a pydantic model (hyperparameters
+are data, separate from state).  :func:`validate` turns pydantic's multi-line
+report into a single :class:`~zoplatform.errors.ConfigError` line naming the
+field, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for configs: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def one_line(err: ValidationError, where: str) -> str:
+    """The first validation problem as ``where: field=value: why``."""
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"]) or "(config)"
+    if e["type"] == "extra_forbidden":
+        return f"{where}: unknown option {loc!r}"
+    return f"{where}: {loc}={e.get('input')!r} is invalid: {e['msg']}"
+
+
+def validate(model: type[M], data: dict[str, Any], where: str) -> M:
+    try:
+        return model(**data)
+    except ValidationError as err:
+        raise ConfigError(one_line(err, where)) from None

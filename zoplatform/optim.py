@@ -1,0 +1,103 @@
+"""``torch.optim.Optimizer`` adapter: any registered ZO method in a user's loop.
+
+>>> import torch, zoplatform
+>>> model = torch.nn.Linear(4, 1)
+>>> opt = zoplatform.optimizer("mezo", model.named_parameters(), lr=1e-2, eps=1e-3)
+>>> x, y = torch.randn(8, 4), torch.randn(8, 1)
+>>> loss = opt.step(lambda: torch.nn.functional.mse_loss(model(x), y))
+
+``step(closure)`` calls the closure (forward only: it runs under
+``torch.no_grad``, nothing calls ``backward``) as often as the method needs and
+returns the first loss it measured.  The learning rate is read from
+``param_groups[0]["lr"]`` each step, so torch LR schedulers work unchanged.
+``state_dict()`` holds the method state, the run seed and the step count;
+together with the model weights it resumes a run exactly.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+from .params import blocks_from_named
+from .registry import get_method
+from .rng import step_seed
+from .trajectory import Trajectory, layout_digest
+from .types import StepRecord
+
+
+def _named(params: Iterable) -> list[tuple[str, torch.Tensor]]:
+    items = list(params)
+    if items and isinstance(items[0], dict):
+        raise TypeError("ZOOptimizer takes one parameter group: pass tensors or (name, tensor) pairs")
+    if items and isinstance(items[0], tuple):
+        return [(str(n), p) for n, p in items]
+    return [(f"param.{i}", p) for i, p in enumerate(items)]
+
+
+class ZOOptimizer(torch.optim.Optimizer):
+    """Wraps a registered ZO method as a torch optimizer (single param group).
+
+    Args:
+        params: tensors, or ``(name, tensor)`` pairs such as
+            ``model.named_parameters()`` (names key the random streams, so
+            prefer them).  Parameters with ``requires_grad=False`` are skipped.
+        method: registry name (``zoplatform.method_names()``).
+        seed: run seed; step t uses ``rng.step_seed(seed, t)``.
+        no_decay: names exempt from weight decay.
+        record: keep the trajectory (a few bytes per step) in ``self.trajectory``.
+        **hyper: the method's hyperparameters (validated by its config).
+    """
+
+    def __init__(self, params, method: str = "mezo", *, seed: int = 0, no_decay: Iterable[str] = (),
+                 record: bool = True, **hyper: Any):
+        named = _named(params)
+        cls = get_method(method)
+        self.method = cls(**hyper)
+        super().__init__([p for _, p in named], {"lr": self.method.config.lr})
+        self.blocks = blocks_from_named(named, no_decay)
+        self.seed = int(seed)
+        self.steps = 0
+        self.method_state = self.method.init(self.blocks)
+        self.last_record: StepRecord | None = None
+        self.trajectory = Trajectory(method, self.method.config.model_dump(), self.seed,
+                                     layout_digest(self.blocks)) if record else None
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        if closure is None:
+            raise RuntimeError(f"{self.method.name} is zeroth-order: step() needs a closure that returns the loss")
+        lr = float(self.param_groups[0]["lr"])
+        seed = step_seed(self.seed, self.steps)
+        self.method_state, rec = self.method.step(self.method_state, self.blocks, closure, seed, lr)
+        self.steps += 1
+        self.last_record = rec
+        if self.trajectory is not None:
+            self.trajectory.append(rec)
+        return torch.tensor(rec.losses[0])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:  # nothing to zero: no gradients exist
+        return None
+
+    def state_dict(self) -> dict:  # type: ignore[override]
+        return {
+            "method": self.method.name,
+            "config": self.method.config.model_dump(),
+            "seed": self.seed,
+            "steps": self.steps,
+            "lr": self.param_groups[0]["lr"],
+            "method_state": {k: (v.clone() if torch.is_tensor(v) else v) for k, v in self.method_state.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:  # type: ignore[override]
+        if state.get("method") != self.method.name:
+            raise ValueError(f"state is for method {state.get('method')!r}, not {self.method.name!r}")
+        self.seed = int(state["seed"])
+        self.steps = int(state["steps"])
+        self.param_groups[0]["lr"] = state["lr"]
+        self.method_state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in state["method_state"].items()}
+
+
+def optimizer(name: str, params, **hyperparameters: Any) -> ZOOptimizer:
+    """``zoplatform.optimizer(name, params, **hyperparameters)``: a torch optimizer for any registered method."""
+    return ZOOptimizer(params, name, **hyperparameters)

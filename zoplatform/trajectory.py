@@ -1,0 +1,82 @@
+"""A ZO run's trajectory is its checkpoint.
+
+Each step is a :class:`~zoplatform.types.StepRecord` (seed, losses, lr) — a few
+dozen bytes as a JSON line.  Replaying the records on the base weights with the
+same method re-executes the same in-place arithmetic and reproduces the tuned
+weights bit-exactly (CPU, fp32), so a run resumes exactly and ships as a
+header plus one line per step.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .params import Block
+from .types import StepRecord
+
+FORMAT = "zoplatform.trajectory/1"
+
+
+def layout_digest(blocks: Sequence[Block]) -> str:
+    """Digest of the trainable layout (names, shapes, dtypes) a trajectory applies to."""
+    h = hashlib.sha256()
+    for b in blocks:
+        h.update(f"{b.name}:{tuple(b.param.shape)}:{b.param.dtype}:{int(b.decay)};".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Trajectory:
+    """Header (method, its config, run seed, layout digest, free-form info) and records."""
+
+    method: str
+    config: dict
+    run_seed: int
+    layout: str
+    info: dict = field(default_factory=dict)
+    records: list[StepRecord] = field(default_factory=list)
+
+    def append(self, record: StepRecord) -> None:
+        self.records.append(record)
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (tmp file + rename): an interrupt never leaves half a file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with tmp.open("w") as f:
+            head = {"format": FORMAT, "method": self.method, "config": self.config,
+                    "run_seed": self.run_seed, "layout": self.layout, "info": self.info}
+            f.write(json.dumps(head) + "\n")
+            for r in self.records:
+                f.write(json.dumps(asdict(r)) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Trajectory":
+        from .errors import DataError
+
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"trajectory file {path} does not exist")
+        lines = path.read_text().splitlines()
+        head = json.loads(lines[0]) if lines else {}
+        if head.get("format") != FORMAT:
+            raise DataError(f"{path}: not a zoplatform trajectory (format {head.get('format')!r}, expected {FORMAT!r})")
+        recs = []
+        for i, line in enumerate(lines[1:], start=2):
+            d = json.loads(line)
+            recs.append(StepRecord(d["seed"], tuple(d["losses"]), d["lr"], tuple(d.get("grad", ())), d.get("extra", {})))
+        return cls(head["method"], head["config"], head["run_seed"], head["layout"], head.get("info", {}), recs)
+
+
+def replay(method, blocks: Sequence[Block], records: Sequence[StepRecord], state: dict | None = None) -> dict:
+    """Apply ``records`` in order to ``blocks`` (in place); returns the method state."""
+    state = method.init(blocks) if state is None else state
+    for r in records:
+        state = method.replay(state, blocks, r)
+    return state
