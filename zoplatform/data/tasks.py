@@ -1,0 +1,391 @@
+"""Task registry: files, prompt templates, label words and MeZO's sampling protocol.
+
+Prompts and candidates follow MeZO's OPT templates (Malladi et al., 2023,
+"Fine-Tuning Language Models with Just Forward Passes", arXiv 2305.17333,
+``large_models/templates.py``): the model scores each candidate string as a
+continuation of ``prompt``.  Prompts ending in ``\\n`` take bare words
+("Yes"), the others take words with their leading space (" great").
+SST-5 and TREC are not in MeZO's OPT suite: they use LM-BFF's label words
+(Gao et al., 2021) with our own causal-LM prompt.
+
+Sampling (MeZO §1.3 of docs/algorithms.md): train+dev are the first
+``num_train + num_dev`` rows of a seeded permutation of the train split (dev =
+the last ``num_dev``); test is the first ``num_test`` rows of a permutation of
+the validation split with the same seed (all of it when smaller).  The
+permutation is ``numpy.random.RandomState(seed).permutation(n)``, the stream
+MeZO draws from after ``np.random.seed(seed)``, so the sampled indices match
+MeZO's for the same row order, and are identical across processes.
+
+Every :class:`Example` also carries head-protocol fields (``text``,
+``text_pair``; LOREN-style ``*ForSequenceClassification``) and a ``uid``
+``task:split:row`` (0-based data row; ``row.k`` for the k-th example of a row
+that expands to several, e.g. MultiRC answers).
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zoplatform.data.loading import HUB, read_hub_rows, read_rows, resolve_data_dir, where
+from zoplatform.errors import ConfigError, DataError, ZOError
+from zoplatform.types import Example, Splits
+
+SPLITS = ("train", "validation")
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: identity hash, so a Task can key the load cache
+class Task:
+    """One declarative task entry.
+
+    ``files`` maps split -> path under the data dir; ``fields`` are required in
+    every record (``label`` included); ``labels`` maps the raw label value (type
+    and value, so JSON ``true`` is not ``1``) to the candidate index, which is
+    also the class index for the head protocol.  ``candidates`` is empty when
+    they depend on the row (COPA): ``row_candidates`` builds them.  ``records``
+    turns one file row into one or more flat records (MultiRC, WSC); by default
+    a row is a record.
+    ``hub_labels`` maps the Hub's integer class ids back to the local raw values.
+    """
+
+    name: str
+    files: Mapping[str, str]
+    format: str  # "jsonl" | "tsv" | "lines" (see loading.py)
+    fields: tuple[str, ...]
+    prompt: Callable[[Row], str]
+    candidates: tuple[str, ...]
+    labels: Mapping[Any, int]
+    text: Callable[[Row], str]
+    text_pair: Callable[[Row], str] | None = None
+    row_candidates: Callable[[Row], tuple[str, ...]] | None = None
+    hub_id: tuple[str, ...] | None = None
+    hub_labels: tuple | None = None
+    encoding: str = "utf-8"
+    records: Callable[[Row], list[Row]] | None = None
+    train_optional: bool = False  # train file may be absent: sample_splits carves from validation
+
+    @property
+    def num_labels(self) -> int:
+        return len(set(self.labels.values()))
+
+    def candidates_for(self, record: Row) -> tuple[str, ...]:
+        return self.row_candidates(record) if self.row_candidates else self.candidates
+
+
+class _RowError(Exception):
+    """A problem with one record; re-raised as DataError with file and row."""
+
+
+def _get(obj: Any, key: str, path: str | None = None) -> Any:
+    value = obj.get(key) if isinstance(obj, Mapping) else None
+    if value is None:
+        raise _RowError(f"missing field {path or key!r}")
+    return value
+
+
+def _pick(record: Row, field: str, table: Mapping[str, str]) -> str:
+    value = _get(record, field)
+    if value not in table:
+        raise _RowError(f"field {field!r}: unknown value {value!r} (expected one of: {', '.join(map(repr, table))})")
+    return table[value]
+
+
+# --- row -> records ----------------------------------------------------------------
+
+def _wsc_records(row: Row) -> list[Row]:
+    if "target" not in row and "span1_text" in row:  # Hub schema: spans already flat
+        return [row]
+    target = _get(row, "target")
+    return [{**row, "span1_text": _get(target, "span1_text", "target.span1_text"),
+             "span2_text": _get(target, "span2_text", "target.span2_text")}]
+
+
+def _multirc_records(row: Row) -> list[Row]:
+    """One record per (paragraph, question, answer), as MeZO/HF flatten MultiRC."""
+    if "paragraph" in row:  # Hub schema: already one row per answer
+        return [row]
+    passage = _get(row, "passage")
+    paragraph = _get(passage, "text", "passage.text")
+    out = []
+    for qi, q in enumerate(_get(passage, "questions", "passage.questions")):
+        question = _get(q, "question", f"passage.questions[{qi}].question")
+        for ai, a in enumerate(_get(q, "answers", f"passage.questions[{qi}].answers")):
+            at = f"passage.questions[{qi}].answers[{ai}]"
+            out.append({"paragraph": paragraph, "question": question,
+                        "answer": _get(a, "text", f"{at}.text"), "label": _get(a, "label", f"{at}.label")})
+    return out
+
+
+# --- templates with logic (the one-liners live in the registry) ----------------------
+
+def _boolq_prompt(r: Row) -> str:
+    # MeZO BoolQTemplateV3: question gets "?" and a capital first letter
+    q = r["question"]
+    q = q if q.endswith("?") else q + "?"
+    return f"{r['passage']} {q[0].upper()}{q[1:]}\n"
+
+
+def _copa_prompt(r: Row) -> str:
+    premise = r["premise"].rstrip()
+    premise = premise[:-1] if premise.endswith(".") else premise
+    return premise + _pick(r, "question", {"effect": " so ", "cause": " because "})
+
+
+def _copa_choice(choice: str) -> str:
+    # continues the premise mid-sentence: lower-case the first word unless it is "I"
+    first, sep, rest = choice.partition(" ")
+    return (first if first == "I" else first.lower()) + sep + rest
+
+
+_YES_NO = ("Yes", "No")
+_NO_YES = ("No", "Yes")
+_BOOL_NO_YES = {False: 0, True: 1}
+_GLUE = "glue"
+_SUPER = "super_glue"
+
+
+def _sg(task: str) -> dict[str, str]:
+    return {"train": f"{task}/train.jsonl", "validation": f"{task}/val.jsonl"}
+
+
+_ENTRIES = (
+    Task("sst2", {"train": "sst2/train.tsv", "validation": "sst2/dev.tsv"}, "tsv", ("sentence", "label"),
+         prompt=lambda r: f"{r['sentence'].strip()} It was",  # GLUE sentences end with a space
+         candidates=(" terrible", " great"), labels={"0": 0, "1": 1},
+         text=lambda r: r["sentence"].strip(), hub_id=(_GLUE, "sst2"), hub_labels=("0", "1")),
+    Task("rte", _sg("rte"), "jsonl", ("premise", "hypothesis", "label"),
+         prompt=lambda r: f"{r['premise']}\nDoes this mean that \"{r['hypothesis']}\" is true? Yes or No?\n",
+         candidates=_YES_NO, labels={"entailment": 0, "not_entailment": 1},
+         text=lambda r: r["premise"], text_pair=lambda r: r["hypothesis"],
+         hub_id=(_SUPER, "rte"), hub_labels=("entailment", "not_entailment")),
+    Task("cb", _sg("cb"), "jsonl", ("premise", "hypothesis", "label"),
+         prompt=lambda r: f"Suppose {r['premise']} Can we infer that \"{r['hypothesis']}\"? Yes, No, or Maybe?\n",
+         candidates=("Yes", "No", "Maybe"), labels={"entailment": 0, "contradiction": 1, "neutral": 2},
+         text=lambda r: r["premise"], text_pair=lambda r: r["hypothesis"],
+         hub_id=(_SUPER, "cb"), hub_labels=("entailment", "contradiction", "neutral")),
+    # only val.jsonl is shipped (train: 9,427 rows, not obtainable): see sample_splits.
+    # SuperGLUE passages start "Title -- "; MeZO read google/boolq, whose passages do not.
+    Task("boolq", _sg("boolq"), "jsonl", ("passage", "question", "label"),
+         prompt=_boolq_prompt, candidates=_YES_NO, labels={True: 0, False: 1},
+         text=lambda r: r["passage"], text_pair=lambda r: r["question"],
+         hub_id=(_SUPER, "boolq"), hub_labels=(False, True), train_optional=True),
+    Task("wic", _sg("wic"), "jsonl", ("word", "sentence1", "sentence2", "label"),
+         prompt=lambda r: (f"Does the word \"{r['word']}\" have the same meaning in these two sentences? "
+                           f"Yes, No?\n{r['sentence1']}\n{r['sentence2']}\n"),
+         candidates=_NO_YES, labels=_BOOL_NO_YES,
+         # head: prefix the target word, else the classifier cannot know which word is asked about
+         text=lambda r: f"{r['word']}: {r['sentence1']}", text_pair=lambda r: r["sentence2"],
+         hub_id=(_SUPER, "wic"), hub_labels=(False, True)),
+    Task("wsc", _sg("wsc"), "jsonl", ("text", "span1_text", "span2_text", "label"),
+         prompt=lambda r: (f"{r['text']}\nIn the previous sentence, does the pronoun \"{r['span2_text'].lower()}\" "
+                           f"refer to {r['span1_text']}? Yes or No?\n"),
+         candidates=_NO_YES, labels=_BOOL_NO_YES, records=_wsc_records,
+         text=lambda r: r["text"], text_pair=lambda r: f"{r['span2_text']} refers to {r['span1_text']}",
+         hub_id=(_SUPER, "wsc.fixed"), hub_labels=(False, True)),  # HF's config with corrected span indices
+    Task("copa", _sg("copa"), "jsonl", ("premise", "choice1", "choice2", "question", "label"),
+         prompt=_copa_prompt, candidates=(), labels={0: 0, 1: 1},
+         row_candidates=lambda r: (_copa_choice(r["choice1"]), _copa_choice(r["choice2"])),
+         # head: no natural sentence pair; the class is the index of the right choice
+         text=lambda r: r["premise"], text_pair=lambda r: f"{r['question']}: {r['choice1']} {r['choice2']}",
+         hub_id=(_SUPER, "copa")),
+    Task("multirc", _sg("multirc"), "jsonl", ("paragraph", "question", "answer", "label"),
+         prompt=lambda r: (f"{r['paragraph']}\nQuestion: {r['question']}\n"
+                           f"I found this answer \"{r['answer']}\". Is that correct? Yes or No?\n"),
+         candidates=_NO_YES, labels={0: 0, 1: 1}, records=_multirc_records,
+         text=lambda r: r["paragraph"], text_pair=lambda r: f"{r['question']} {r['answer']}",
+         hub_id=(_SUPER, "multirc")),
+    # SST-5: LM-BFF's five words on MeZO's SST-2 prompt.  The fine-grained split has a
+    # dev file too, but like LM-BFF we evaluate on stsa.fine.test, so "validation" = test.
+    Task("sst5", {"train": "sst5/stsa.fine.train", "validation": "sst5/stsa.fine.test"}, "lines", ("text", "label"),
+         prompt=lambda r: f"{r['text'].strip()} It was",
+         candidates=(" terrible", " bad", " okay", " good", " great"), labels={str(i): i for i in range(5)},
+         text=lambda r: r["text"].strip()),
+    # TREC: our own prompt (not in MeZO) with LM-BFF's words; the file's ids are
+    # 0=DESC 1=ENTY 2=ABBR 3=HUM 4=LOC 5=NUM, and LM-BFF calls ABBR "Expression".
+    # "validation" = the official 500-question test set (TREC has no dev set).
+    Task("trec", {"train": "trec/TREC.train.all", "validation": "trec/TREC.test.all"}, "lines", ("text", "label"),
+         prompt=lambda r: f"{r['text'].strip()} The answer is about",
+         candidates=(" Description", " Entity", " Expression", " Human", " Location", " Number"),
+         labels={str(i): i for i in range(6)}, text=lambda r: r["text"].strip(), encoding="latin-1"),
+)
+# sst5/trec have no hub_id on purpose: the Hub copies (SetFit/sst5, CogComp/trec) use other
+# field names and, for TREC, another label order than these files.
+
+
+def _registry(tasks: tuple[Task, ...]) -> dict[str, Task]:
+    out: dict[str, Task] = {}
+    for t in tasks:
+        if t.name in out:
+            raise ValueError(f"duplicate task name {t.name!r}")
+        out[t.name] = t
+    return out
+
+
+TASKS: dict[str, Task] = _registry(_ENTRIES)
+
+
+def get_task(name: str | Task) -> Task:
+    """Look a task up by name (case-insensitive); a Task passes through."""
+    if isinstance(name, Task):
+        return name
+    task = TASKS.get(name.lower()) if isinstance(name, str) else None
+    if task is None:
+        raise ZOError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}")
+    return task
+
+
+# --- loading -------------------------------------------------------------------------
+
+def _label_index(task: Task, raw: Any) -> int:
+    if raw == "":  # a TSV or `<label> <text>` row without its label
+        raise _RowError("missing field 'label'")
+    for key, idx in task.labels.items():
+        if type(key) is type(raw) and key == raw:  # strict: JSON true must not match 1
+            return idx
+    raise _RowError(f"field 'label': unknown value {raw!r} (expected one of: {', '.join(map(repr, task.labels))})")
+
+
+def _build(task: Task, split: str, rows: list, lines: list[int] | None, display: str) -> tuple[Example, ...]:
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            if not isinstance(row, Mapping):
+                raise _RowError(f"expected an object, got {type(row).__name__}")
+            records = task.records(row) if task.records else [row]
+            for k, r in enumerate(records):
+                for f in task.fields:  # empty strings are legal (MultiRC train has 3 empty answers)
+                    _get(r, f)
+                uid = f"{task.name}:{split}:{i}" if len(records) == 1 else f"{task.name}:{split}:{i}.{k}"
+                out.append(Example(
+                    prompt=task.prompt(r), candidates=task.candidates_for(r), label=_label_index(task, r["label"]),
+                    text=task.text(r), text_pair=task.text_pair(r) if task.text_pair else None, uid=uid,
+                ))
+        except _RowError as exc:
+            raise DataError(f"{display} {where(i + 1, lines[i] if lines else None)}: {exc}") from None
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_file(task: Task, split: str, path: str, mtime_ns: int, size: int) -> tuple[Example, ...]:
+    # mtime/size are part of the key so an edited file is re-read
+    display = task.files[split]
+    rows, lines = read_rows(Path(path), task.format, task.encoding, display)
+    return _build(task, split, rows, lines, display)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_hub(task: Task, split: str) -> tuple[Example, ...]:
+    display = f"hub:{'/'.join(task.hub_id)}[{split}]"
+    rows = read_hub_rows(task.hub_id, split)
+    if task.hub_labels is not None:
+        for i, row in enumerate(rows):
+            lab = row.get("label")
+            if not isinstance(lab, int) or not 0 <= lab < len(task.hub_labels):
+                raise DataError(f"{display} row {i + 1}: field 'label': unknown value {lab!r}")
+            row["label"] = task.hub_labels[lab]
+    return _build(task, split, rows, None, display)
+
+
+def _split_path(task: Task, split: str, data_dir: str | Path | None) -> Path:
+    if split not in SPLITS:
+        raise ZOError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    return resolve_data_dir(data_dir) / task.files[split]
+
+
+def load_split(task: str | Task, split: str, data_dir: str | Path | None = None) -> list[Example]:
+    """All examples of one split, in file order.
+
+    ``data_dir``: see :func:`resolve_data_dir`; the string ``"hub"`` reads
+    ``task.hub_id`` from the Hugging Face Hub instead (needs network).
+    Results are cached in-process per (task, split, file version).
+    """
+    t = get_task(task)
+    if data_dir == HUB:
+        if split not in SPLITS:
+            raise ZOError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+        if t.hub_id is None:
+            raise DataError(f"task {t.name!r} has no Hugging Face Hub id; pass --data-dir DIR or set ZO_DATA_DIR")
+        return list(_load_hub(t, split))
+    path = _split_path(t, split, data_dir)
+    if not path.is_file():
+        hint = " (sample_splits carves train/dev/test from validation instead)" if t.train_optional else ""
+        raise DataError(f"{t.name} {split}: data file not found: {path}{hint}")
+    st = path.stat()
+    return list(_load_file(t, split, str(path), st.st_mtime_ns, st.st_size))
+
+
+# --- sampling ------------------------------------------------------------------------
+
+def _permutation(n: int, seed: int) -> list[int]:
+    # the legacy RandomState stream is frozen by numpy, so indices never change across versions
+    return np.random.RandomState(seed).permutation(n).tolist()
+
+
+def _check_counts(**counts: int) -> None:
+    for name, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
+    if counts["seed"] >= 2**32:
+        raise ConfigError(f"seed must be below 2**32, got {counts['seed']}")
+
+
+def sample_splits(
+    task: str | Task,
+    data_dir: str | Path | None = None,
+    num_train: int = 1000,
+    num_dev: int = 500,
+    num_test: int = 1000,
+    seed: int = 0,
+) -> Splits:
+    """Seeded train/dev/test examples per MeZO's protocol (see module docstring).
+
+    Raises DataError when ``num_train + num_dev`` exceeds the train split (CB has
+    250 train rows, COPA 400: MeZO's setting there is dev=100, i.e. 150/300 train).
+    """
+    t = get_task(task)
+    _check_counts(num_train=num_train, num_dev=num_dev, num_test=num_test, seed=seed)
+    need = num_train + num_dev
+    valid = load_split(t, "validation", data_dir)
+    if t.train_optional and data_dir != HUB and not _split_path(t, "train", data_dir).is_file():
+        return _carve(t, valid, num_train, num_dev, num_test, seed)
+
+    train = load_split(t, "train", data_dir)
+    if need > len(train):
+        # MeZO's code does not fail here: it takes every row, dev = the last num_dev and
+        # train = the rest (WSC, 554 rows, with 1000/500 trains on 54); we make it explicit
+        raise DataError(
+            f"{t.name}: num_train + num_dev = {num_train} + {num_dev} = {need} exceeds the {len(train)} "
+            f"examples of its train split ({t.files['train']}); lower num_train or num_dev "
+            f"(e.g. num_train={max(len(train) - min(num_dev, 100), 0)}, num_dev={min(num_dev, 100)})"
+        )
+    picked = [train[i] for i in _permutation(len(train), seed)[:need]]
+    test = [valid[i] for i in _permutation(len(valid), seed)[:num_test]]
+    note = ""
+    if len(valid) < num_test:
+        note = f"test = all {len(valid)} validation examples of {t.name} (fewer than num_test={num_test})"
+    return Splits(train=picked[:num_train], dev=picked[num_train:], test=test, note=note)
+
+
+def _carve(t: Task, valid: list[Example], num_train: int, num_dev: int, num_test: int, seed: int) -> Splits:
+    """Disjoint train/dev/test from the validation split (BoolQ: no local train file)."""
+    total = num_train + num_dev + num_test
+    if total > len(valid):
+        raise DataError(
+            f"{t.name}: no train file ({t.files['train']}), so train/dev/test are carved from the "
+            f"{len(valid)} validation examples, but num_train + num_dev + num_test = {total} exceeds them"
+        )
+    perm = _permutation(len(valid), seed)
+    test = [valid[i] for i in perm[:num_test]]
+    train = [valid[i] for i in perm[num_test:num_test + num_train]]
+    dev = [valid[i] for i in perm[num_test + num_train:total]]
+    note = (
+        f"{t.name}: {t.files['train']} is not available, so train ({num_train}), dev ({num_dev}) and test "
+        f"({num_test}) were sampled disjointly from the {len(valid)}-example validation split (seed {seed}); "
+        "test is not the full official validation set, so scores are not directly comparable to MeZO's."
+    )
+    return Splits(train=train, dev=dev, test=test, note=note)
