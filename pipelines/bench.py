@@ -1,0 +1,184 @@
+"""Benchmarks whose results are ratios measured in one run (never timed tests).
+
+``step_cost``: on one batch of a real task,
+- forward time of the fast scorer, and of the naive one (``scorer_speedup``);
+- for each ZO method × direction law: step time and ``step_to_2fwd_ratio`` =
+  step time / (2 × forward time), plus the time of one pass over the random
+  directions (what the ratio's excess is made of);
+- peak memory of an inference forward, a ZO step and a first-order step, each
+  in its own subprocess: on CPU the kernel's peak-RSS counter (VmHWM) is reset
+  after the model is loaded and read after the measured work; on CUDA,
+  ``max_memory_allocated``.  ``zo_mem_to_inference_ratio`` = ZO peak /
+  inference peak.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+
+def _median_time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def _setup(model, task, batch_size, device, dtype, data_dir, protocol=None):
+    from zoplatform.data import get_task, resolve_data_dir, sample_splits
+    from zoplatform.models import load_model
+    from zoplatform.objectives import make_scorer
+
+    t = get_task(task)
+    protocol = protocol or ("head" if model in {"tiny:bert", "minilm-l6"} else "prompt")
+    splits = sample_splits(task, data_dir=resolve_data_dir(data_dir), num_train=batch_size, num_dev=1, num_test=1,
+                           seed=0)
+    m, tok = load_model(model, dtype=dtype, device=device, protocol=protocol, num_labels=t.num_labels)
+    return m, tok, make_scorer(m, tok, protocol=protocol), list(splits.train[:batch_size]), protocol
+
+
+def _reset_peak(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+
+def _read_peak(device: str) -> int:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated())
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("VmHWM not found")
+
+
+def memory_child(args: dict) -> dict:
+    """Runs in a subprocess: peak memory of one mode after the model is loaded."""
+    import gc
+
+    import torch
+
+    import zoplatform
+
+    m, tok, scorer, batch, _ = _setup(args["model"], args["task"], args["batch_size"], args["device"],
+                                      args["dtype"], args.get("data_dir"))
+    mode = args["mode"]
+    if mode == "fo":
+        opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5)
+    elif mode.startswith("zo:"):
+        _, name, direction = mode.split(":")
+        opt = zoplatform.optimizer(name, m.named_parameters(), lr=1e-7, direction=direction, record=False)
+    gc.collect()
+    _reset_peak(args["device"])
+    loaded = _read_peak(args["device"])  # right after the reset: the loaded model's footprint
+    for _ in range(2):
+        if mode == "inference":
+            with torch.inference_mode():
+                scorer.loss(batch)
+        elif mode == "fo":
+            opt.zero_grad(set_to_none=True)
+            scorer.loss(batch).backward()
+            opt.step()
+        else:
+            with torch.inference_mode():
+                opt.step(lambda: scorer.loss(batch))
+    return {"mode": mode, "peak_bytes": _read_peak(args["device"]), "loaded_bytes": loaded}
+
+
+def _run_child(args: dict) -> dict:
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    out = subprocess.run([sys.executable, "-m", "pipelines.bench", json.dumps(args)], capture_output=True, text=True,
+                         env=env, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory child {args['mode']} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def step_cost(*, model: str, task: str, batch_size: int = 16, methods=("mezo",), directions=("gaussian",),
+              repeats: int = 5, device: str = "cpu", dtype: str = "float32", data_dir: str | None = None,
+              memory: bool = True) -> dict[str, Any]:
+    import torch
+
+    import zoplatform
+    from zoplatform.models import check_spec
+    from zoplatform.objectives import NaiveScorer
+    from zoplatform.params import axpy_
+
+    for name in methods:
+        zoplatform.get_method(name)
+    check_spec(model)
+    m, tok, scorer, batch, protocol = _setup(model, task, batch_size, device, dtype, data_dir)
+    out: dict[str, Any] = {"model": model, "task": task, "batch_size": batch_size, "device": device, "dtype": dtype,
+                           "torch_threads": torch.get_num_threads(), "methods": {}}
+
+    def fwd():
+        with torch.inference_mode():
+            scorer.loss(batch)
+
+    t_fwd = _median_time(fwd, repeats)
+    out["forward_s"] = t_fwd
+    if protocol == "prompt":
+        naive = NaiveScorer(m, tok)
+
+        def naive_fwd():
+            with torch.inference_mode():
+                naive.loss(batch)
+
+        t_naive = _median_time(naive_fwd, max(1, repeats // 2))
+        out["naive_forward_s"] = t_naive
+        out["scorer_speedup"] = t_naive / t_fwd
+
+    base = [p.detach().clone() for p in m.parameters()]
+    for name in methods:
+        for direction in directions:
+            opt = zoplatform.optimizer(name, m.named_parameters(), lr=1e-7, direction=direction, record=False)
+
+            def step():
+                with torch.inference_mode():
+                    opt.step(lambda: scorer.loss(batch))
+
+            t_step = _median_time(step, repeats)
+            law_pass = _median_time(lambda: axpy_(opt.blocks, 1, opt.method.law, opt.method.scratch, 0.0), repeats)
+            out["methods"][f"{name}/{direction}"] = {
+                "step_s": t_step, "step_to_2fwd_ratio": t_step / (2 * t_fwd), "direction_pass_s": law_pass,
+                "forwards_per_step": opt.method.forwards_per_step,
+            }
+            with torch.no_grad():  # undo the benchmark steps
+                for p, b in zip(m.parameters(), base):
+                    p.copy_(b)
+    if memory:
+        common = {"model": model, "task": task, "batch_size": batch_size, "device": device, "dtype": dtype,
+                  "data_dir": data_dir}
+        r_inf = _run_child(common | {"mode": "inference"})
+        inf, loaded = r_inf["peak_bytes"], r_inf["loaded_bytes"]
+        fo = _run_child(common | {"mode": "fo"})["peak_bytes"]
+        out["memory"] = {"measure": "CUDA max allocated" if device.startswith("cuda") else "process peak RSS (VmHWM)",
+                         "loaded_mb": loaded / 2**20, "inference_peak_mb": inf / 2**20, "fo_peak_mb": fo / 2**20,
+                         "fo_mem_to_inference_ratio": fo / inf}
+        for name in methods:
+            for direction in directions:
+                zo = _run_child(common | {"mode": f"zo:{name}:{direction}"})["peak_bytes"]
+                out["methods"][f"{name}/{direction}"].update(
+                    {"peak_mb": zo / 2**20, "zo_mem_to_inference_ratio": zo / inf})
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(memory_child(json.loads(sys.argv[1]))))

@@ -1,0 +1,214 @@
+"""The ``zo`` command line.
+
+Every command validates its input before heavy work; a user error prints one
+line (``error: ...``) and exits with status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from zoplatform.errors import ZOError
+
+EXIT_USAGE = 2
+
+
+def friendly(fn):
+    """Turn ZOError (bad input) into one line on stderr and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except ZOError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def emit_json(obj) -> None:
+    """The JSON summary is always the last line of stdout."""
+    click.echo(json.dumps(obj, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """zoplatform: zeroth-order fine-tuning, sweeps and learned policies."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# --------------------------------------------------------------------------- finetune
+def finetune_options(f):
+    opts = [
+        click.option("--model", help="hub id, local path, packaged name (smollm2-135m, minilm-l6) or tiny:llama|opt|gpt2|bert"),
+        click.option("--task", help="task name (zo tasks)"),
+        click.option("--method", help="ZO method (zo methods) or 'fo' (first-order AdamW)"),
+        click.option("--steps", type=int), click.option("--lr", type=float), click.option("--eps", type=float),
+        click.option("--weight-decay", type=float), click.option("--schedule", type=str),
+        click.option("--direction", type=str, help="gaussian (default), rademacher or pool"),
+        click.option("--batch-size", type=int), click.option("--seed", type=int), click.option("--eval-every", type=int),
+        click.option("--num-train", type=int), click.option("--num-dev", type=int), click.option("--num-test", type=int),
+        click.option("--eval-batch-size", type=int), click.option("--max-length", type=int),
+        click.option("--data-dir", type=str, help="data directory (default: $ZO_DATA_DIR or ../shared/data)"),
+        click.option("--protocol", type=str, help="prompt (causal LM) or head (sequence classification)"),
+        click.option("--lora/--no-lora", default=None), click.option("--lora-r", type=int),
+        click.option("--device", type=str), click.option("--dtype", type=str),
+        click.option("--select", type=str, help="best (dev) or last step for the test evaluation"),
+        click.option("--tracking-uri", type=str), click.option("--experiment", type=str),
+        click.option("--run-name", type=str), click.option("--out-dir", type=str),
+        click.option("--resume", is_flag=True, default=None, help="continue the run in --out-dir from its trajectory"),
+        click.option("--no-tracking", "tracking", flag_value=False, default=None, help="do not log to MLflow"),
+        click.option("--option", "method_option", multiple=True, help="extra method hyperparameter KEY=VALUE"),
+        click.option("--config", "config_file", type=str, help="YAML/JSON file of options (CLI values win)"),
+        click.option("--json", "as_json", is_flag=True, help="print a one-line JSON summary last"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def parse_kv(items) -> dict:
+    import yaml
+
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise ZOError(f"--option {it!r} must look like KEY=VALUE")
+        k, v = it.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    return out
+
+
+@main.command()
+@finetune_options
+@friendly
+def finetune(config_file, as_json, method_option, **opts):
+    """Fine-tune a model on a task with a ZO method (or 'fo'), tracked in MLflow."""
+    from pipelines.finetune import load_config, run
+
+    if method_option:
+        opts["method_options"] = parse_kv(method_option)
+    cfg = load_config(config_file, opts)
+    summary = run(cfg)
+    if as_json:
+        emit_json(summary)
+    else:
+        click.echo(json.dumps(summary, indent=1, default=str))
+
+
+@main.command("eval")
+@click.option("--model", required=True)
+@click.option("--task", required=True)
+@click.option("--trajectory", type=str, help="trajectory.jsonl of a ZO run to apply to the base model first")
+@click.option("--split", type=click.Choice(["test", "dev"]), default="test")
+@click.option("--num-train", type=int, default=1000)
+@click.option("--num-dev", type=int, default=None)
+@click.option("--num-test", type=int, default=1000)
+@click.option("--seed", type=int, default=0)
+@click.option("--batch-size", type=int, default=32)
+@click.option("--data-dir", type=str)
+@click.option("--device", default="cpu")
+@click.option("--dtype", default="float32")
+@click.option("--protocol", type=click.Choice(["prompt", "head"]))
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def eval_cmd(model, task, trajectory, split, num_train, num_dev, num_test, seed, batch_size, data_dir, device, dtype,
+             protocol, as_json):
+    """Zero-shot accuracy, or the accuracy of a ZO checkpoint (trajectory)."""
+    from pipelines.evaluate import run_eval
+
+    out = run_eval(model=model, task=task, trajectory=trajectory, split=split, num_train=num_train, num_dev=num_dev,
+                   num_test=num_test, seed=seed, batch_size=batch_size, data_dir=data_dir, device=device,
+                   dtype=dtype, protocol=protocol)
+    emit_json(out) if as_json else click.echo(json.dumps(out, indent=1))
+
+
+# --------------------------------------------------------------------------- listings
+@main.command()
+def methods():
+    """List the registered methods and their papers."""
+    import zoplatform
+
+    for name in zoplatform.method_names():
+        cls = zoplatform.get_method(name)
+        click.echo(f"{name:14s} {cls.paper}")
+    click.echo(f"{'fo':14s} first-order AdamW baseline (backprop; not a ZO method)")
+
+
+@main.command()
+def tasks():
+    """List the tasks."""
+    from zoplatform.data import TASKS
+
+    for name, t in sorted(TASKS.items()):
+        click.echo(f"{name:8s} candidates={list(t.candidates) if t.candidates else '(per example)'}")
+
+
+@main.group()
+def models():
+    """Packaged models."""
+
+
+@models.command("prepare")
+@click.argument("name")
+@click.option("--cache-dir", type=str)
+@click.option("--force", is_flag=True)
+@friendly
+def models_prepare(name, cache_dir, force):
+    """Prepare a packaged model once (e.g. dequantise SmolLM2's GGUF to safetensors)."""
+    from zoplatform.models import prepare_packaged
+
+    click.echo(str(prepare_packaged(name, cache_dir=cache_dir, force=force)))
+
+
+@models.command("list")
+def models_list():
+    """List packaged models and tiny fixtures."""
+    from zoplatform.models import PACKAGED, TINY
+
+    for n in PACKAGED:
+        click.echo(f"{n:14s} packaged")
+    for n in TINY:
+        click.echo(f"{n:14s} random test fixture")
+
+
+# --------------------------------------------------------------------------- bench
+@main.group()
+def bench():
+    """Benchmarks (ratios measured in one run)."""
+
+
+@bench.command("step-cost")
+@click.option("--model", default="smollm2-135m")
+@click.option("--task", default="sst2")
+@click.option("--batch-size", type=int, default=16)
+@click.option("--methods", "methods_", default="mezo", help="comma-separated ZO methods")
+@click.option("--directions", default="gaussian,rademacher,pool")
+@click.option("--repeats", type=int, default=5)
+@click.option("--device", default="cpu")
+@click.option("--dtype", default="float32")
+@click.option("--data-dir", type=str)
+@click.option("--no-memory", is_flag=True, help="skip the subprocess peak-memory measurements")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def bench_step_cost(model, task, batch_size, methods_, directions, repeats, device, dtype, data_dir, no_memory,
+                    as_json):
+    """ZO step time vs two forward passes, peak memory vs inference and first-order, scorer speed-up."""
+    from pipelines.bench import step_cost
+
+    out = step_cost(model=model, task=task, batch_size=batch_size, methods=methods_.split(","),
+                    directions=directions.split(","), repeats=repeats, device=device, dtype=dtype,
+                    data_dir=data_dir, memory=not no_memory)
+    emit_json(out) if as_json else click.echo(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""Recipe: fine-tune one model on one task with one method, tracked in MLflow.
+
+Reads top to bottom: validate the config (before anything heavy), sample the
+data, open the MLflow run, load the model, zero-shot test accuracy, train with
+dev evaluation every N steps (checkpointing the ZO trajectory each time), pick
+the best dev step, final test accuracy, artifacts, summary.
+
+A ZO run's checkpoint is its trajectory (``<out>/trajectory.jsonl``): with
+``resume=True`` the recipe replays it on the base weights and continues
+exactly where the run stopped, in the same MLflow run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+from pydantic import Field, model_validator
+
+from zoplatform.config import StrictModel, validate
+from zoplatform.errors import ConfigError
+
+FO_METHODS = {"fo": "first-order AdamW (backprop) baseline"}
+SMALL_TRAIN_TASKS = {"cb", "copa", "wsc"}  # dev = 100 (MeZO: CB/COPA; WSC has 554 train rows)
+
+
+class FinetuneConfig(StrictModel):
+    """Everything a fine-tune run needs; validated before any model loads."""
+
+    model: str = Field("smollm2-135m", min_length=1)
+    task: str = "sst2"
+    method: str = "mezo"
+    steps: int = Field(500, ge=0)
+    lr: Optional[float] = Field(None, gt=0, description="default: the method's (MeZO 1e-6, fo 1e-5)")
+    eps: Optional[float] = Field(None, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "linear"] = "constant"
+    direction: Optional[Literal["gaussian", "rademacher", "pool"]] = None
+    method_options: dict[str, Any] = Field(default_factory=dict, description="extra method hyperparameters")
+    batch_size: int = Field(16, ge=1)
+    seed: int = Field(0, ge=0)
+    eval_every: int = Field(100, ge=1)
+    num_train: int = Field(1000, ge=1)
+    num_dev: Optional[int] = Field(None, ge=1, description="default 500 (100 for CB/COPA)")
+    num_test: int = Field(1000, ge=1)
+    eval_batch_size: int = Field(32, ge=1)
+    max_length: int = Field(2048, ge=8)
+    data_dir: Optional[str] = None
+    protocol: Optional[Literal["prompt", "head"]] = None
+    lora: bool = False
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16, gt=0)
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    select: Literal["best", "last"] = "best"
+    zero_shot: bool = True
+    tracking: bool = True
+    tracking_uri: Optional[str] = None
+    experiment: str = "zo-finetune"
+    run_name: Optional[str] = None
+    parent_run_id: Optional[str] = None
+    out_dir: Optional[str] = None
+    resume: bool = False
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.resume and self.out_dir is None:
+            raise ValueError("resume needs out_dir (the directory holding trajectory.jsonl)")
+        return self
+
+
+def load_config(path: str | None, overrides: dict[str, Any]) -> FinetuneConfig:
+    """Config file (YAML/JSON) overlaid with explicit CLI values, validated."""
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        import yaml
+
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML/JSON: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of options, got {type(data).__name__}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return validate(FinetuneConfig, data, "finetune config")
+
+
+def method_hyper(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The method's hyperparameters from the run config (validated by the method)."""
+    hyper = dict(cfg.method_options)
+    for k in ("lr", "eps", "direction"):
+        if getattr(cfg, k) is not None:
+            hyper[k] = getattr(cfg, k)
+    hyper["weight_decay"] = cfg.weight_decay
+    return hyper
+
+
+def check_inputs(cfg: FinetuneConfig):
+    """Resolve names to objects and fail fast, before any model is loaded."""
+    import zoplatform
+    from zoplatform.data import get_task, resolve_data_dir
+    from zoplatform.models import check_spec
+
+    task = get_task(cfg.task)
+    if cfg.method in FO_METHODS:
+        method = None
+    else:
+        method = zoplatform.get_method(cfg.method)(**method_hyper(cfg))
+    check_spec(cfg.model, cfg.dtype, cfg.device)
+    data_dir = resolve_data_dir(cfg.data_dir)
+    return task, method, data_dir
+
+
+def split_sizes(task: str, data_dir, num_train: int, num_dev: int | None) -> tuple[int, int]:
+    """MeZO's sizes (§1.3): dev 500 (100 for CB/COPA); on small train sets
+    (CB, COPA, WSC) train on what is left after dev, as MeZO's code does."""
+    from zoplatform.data import load_split
+
+    num_dev = num_dev or (100 if task in SMALL_TRAIN_TASKS else 500)
+    try:
+        available = len(load_split(task, "train", data_dir))
+    except Exception:  # e.g. BoolQ here has no train file: sample_splits handles it
+        return num_train, num_dev
+    if num_train + num_dev > available:
+        num_dev = min(num_dev, 100 if available > 200 else max(1, available // 4))
+        num_train = min(num_train, available - num_dev)
+    return num_train, num_dev
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def plot_history(history, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    if history.train:
+        s, l = zip(*history.train)
+        ax[0].plot(s, l, lw=0.6, alpha=0.5, label="train loss (L+)")
+    if history.evals:
+        ax[0].plot([e["step"] for e in history.evals], [e["dev_loss"] for e in history.evals], "o-", label="dev loss")
+        ax[1].plot([e["step"] for e in history.evals], [e["dev_accuracy"] for e in history.evals], "o-")
+    ax[0].set_xlabel("step"), ax[0].legend(), ax[0].set_title("loss")
+    ax[1].set_xlabel("step"), ax[1].set_title("dev accuracy")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run(cfg: FinetuneConfig, tracker=None) -> dict[str, Any]:
+    """Execute the recipe; returns the JSON summary."""
+    import zoplatform
+    from zoplatform.data import sample_splits
+    from zoplatform.loop import FOStepper, History, ZOStepper, evaluate, lr_lambda, peak_memory_bytes, train
+    from zoplatform.models import load_model
+    from zoplatform.objectives import make_scorer
+    from zoplatform.tracking import NullTracker, mlflow_tracker
+    from zoplatform.trajectory import Trajectory, layout_digest
+
+    t_start = time.perf_counter()
+    # 1. validate everything cheap first -----------------------------------
+    task, method, data_dir = check_inputs(cfg)
+    num_train, num_dev = split_sizes(cfg.task, data_dir, cfg.num_train, cfg.num_dev)
+    splits = sample_splits(cfg.task, data_dir=data_dir, num_train=num_train, num_dev=num_dev,
+                           num_test=cfg.num_test, seed=cfg.seed)
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else Path("runs") / (
+        cfg.run_name or f"{cfg.task}-{cfg.method}-{cfg.model.replace('/', '_').replace(':', '_')}-s{cfg.seed}-{int(time.time())}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    traj_path, state_path = out_dir / "trajectory.jsonl", out_dir / "state.json"
+    saved = json.loads(state_path.read_text()) if cfg.resume and state_path.is_file() else None
+    if cfg.resume and method is None:
+        raise ConfigError("resume is supported for ZO methods (their trajectory is the checkpoint), not for 'fo'")
+
+    # 2. tracking ----------------------------------------------------------
+    if tracker is None:
+        tracker = NullTracker() if not cfg.tracking else mlflow_tracker(
+            tracking_uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.run_name or out_dir.name,
+            parent_run_id=cfg.parent_run_id, run_id=(saved or {}).get("run_id"))
+    params = cfg.model_dump(exclude={"progress", "tracking", "resume"})
+    params["num_dev"], params["num_train"] = num_dev, num_train
+    if method is not None:
+        params["method_config"] = method.config.model_dump()
+    tracker.start(params, tags={"task": cfg.task, "model": cfg.model, "method": cfg.method, "zo.kind": "finetune",
+                                "host": platform.node(), "data_note": splits.note})
+    status, reason = "FINISHED", None
+    checkpoint = None
+    try:
+        # 3. model and objective -------------------------------------------
+        protocol = cfg.protocol or ("head" if cfg.model in {"tiny:bert", "minilm-l6"} else "prompt")
+        lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha} if cfg.lora else None
+        model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, protocol=protocol,
+                                num_labels=task.num_labels, lora=lora, seed=cfg.seed)
+        scorer = make_scorer(model, tok, protocol=protocol, max_length=cfg.max_length)
+        dev = next(model.parameters()).device
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+
+        summary: dict[str, Any] = {"model": cfg.model, "task": cfg.task, "method": cfg.method, "seed": cfg.seed,
+                                   "steps": cfg.steps, "num_train": len(splits.train), "num_dev": len(splits.dev),
+                                   "num_test": len(splits.test), "out_dir": str(out_dir)}
+        if saved and "zero_shot_test_accuracy" in saved:
+            summary["zero_shot_test_accuracy"] = saved["zero_shot_test_accuracy"]
+        elif cfg.zero_shot:
+            zs = evaluate(scorer, splits.test, cfg.eval_batch_size)
+            summary["zero_shot_test_accuracy"] = zs.accuracy
+            tracker.log_metrics({"zero_shot_test_accuracy": zs.accuracy, "zero_shot_test_loss": zs.loss}, 0)
+
+        # 4. optimiser / stepper --------------------------------------------
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        trainable = sum(p.numel() for _, p in named)
+        summary["trainable_params"] = trainable
+        if method is None:
+            lr = cfg.lr or 1e-5
+            opt = torch.optim.AdamW([p for _, p in named], lr=lr, weight_decay=cfg.weight_decay)
+            stepper = FOStepper(opt, scorer)
+        else:
+            no_decay = zoplatform.no_decay_names(model)
+            opt = zoplatform.ZOOptimizer(named, cfg.method, seed=cfg.seed, no_decay=no_decay, **method_hyper(cfg))
+            stepper = ZOStepper(opt, scorer)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.schedule, cfg.steps))
+
+        best_copy: list[torch.Tensor] | None = None
+        history, start = History(), 0
+        if saved is not None and traj_path.is_file():  # resume: replay the trajectory
+            traj = Trajectory.load(traj_path)
+            if traj.layout != layout_digest(opt.blocks) or traj.method != cfg.method:
+                raise ConfigError(f"{traj_path} was written for another method or parameter layout; "
+                                  f"start a new out_dir instead of resume")
+            h = saved["history"]
+            history = History(train=[tuple(x) for x in h["train"]], evals=h["evals"], best_step=h["best_step"],
+                              best_dev_accuracy=h["best_dev_accuracy"], best_dev_loss=h["best_dev_loss"],
+                              forwards=h["forwards"], steps_done=h["steps_done"], wall_s=h["wall_s"])
+            for i, rec in enumerate(traj.records[: history.steps_done]):
+                if cfg.select == "best" and i == history.best_step:
+                    best_copy = [p.detach().to("cpu", copy=True) for _, p in named]
+                opt.method_state = opt.method.replay(opt.method_state, opt.blocks, rec)
+                opt.trajectory.append(rec)
+                sched.step()
+            opt.steps = start = history.steps_done
+            if cfg.select == "best" and history.best_step == start:
+                best_copy = None  # the current weights are the best
+            tracker.set_tags({"zo.resumed_at_step": str(start)})
+
+        def checkpoint():
+            if method is not None:
+                opt.trajectory.info.update({"model": cfg.model, "task": cfg.task})
+                opt.trajectory.save(traj_path)
+            _atomic_json(state_path, {"run_id": tracker.run_id, "history": history.__dict__,
+                                      "zero_shot_test_accuracy": summary.get("zero_shot_test_accuracy"),
+                                      "config": cfg.model_dump()})
+
+        def on_step(step, out):
+            tracker.log_metrics({k: v for k, v in out.items() if k != "forwards"} | {"lr": sched.get_last_lr()[0],
+                                "forward_passes": history.forwards}, step)
+
+        def on_eval(step, m, is_best):
+            nonlocal best_copy
+            tracker.log_metrics({"dev_loss": m["dev_loss"], "dev_accuracy": m["dev_accuracy"]}, step)
+            tracker.flush()
+            if is_best and cfg.select == "best":
+                best_copy = [p.detach().to("cpu", copy=True) for _, p in named] if step < cfg.steps else None
+            checkpoint()
+
+        # 5. train ------------------------------------------------------------
+        history = train(stepper, scorer, splits.train, splits.dev, steps=cfg.steps, batch_size=cfg.batch_size,
+                        data_seed=cfg.seed, eval_every=cfg.eval_every, scheduler=sched, start_step=start,
+                        history=history, on_step=on_step, on_eval=on_eval, eval_batch_size=cfg.eval_batch_size,
+                        progress=cfg.progress)
+        checkpoint()
+
+        # 6. best step, test ----------------------------------------------------
+        if cfg.select == "best" and best_copy is not None and history.best_step != history.steps_done:
+            with torch.no_grad():
+                for (_, p), b in zip(named, best_copy):
+                    p.copy_(b.to(p.device))
+        test = evaluate(scorer, splits.test, cfg.eval_batch_size)
+        tracker.log_metrics({"test_accuracy": test.accuracy, "test_loss": test.loss}, history.steps_done)
+        summary.update({
+            "test_accuracy": test.accuracy, "test_loss": test.loss,
+            "best_step": history.best_step if cfg.select == "best" else history.steps_done,
+            "best_dev_accuracy": history.best_dev_accuracy, "forward_passes": history.forwards,
+            "wall_time_s": round(time.perf_counter() - t_start, 2), "train_time_s": round(history.wall_s, 2),
+            "peak_memory_mb": round(peak_memory_bytes(dev) / 2**20, 1), "device": str(dev),
+            "final_dev_loss": history.evals[-1]["dev_loss"] if history.evals else math.nan,
+            "mlflow_run_id": tracker.run_id,
+        })
+        # 7. artifacts -------------------------------------------------------------
+        _atomic_json(out_dir / "summary.json", summary)
+        plot_history(history, out_dir / "curves.png", f"{cfg.method} on {cfg.task} ({cfg.model})")
+        for f in ("curves.png", "summary.json", "state.json", "trajectory.jsonl"):
+            if (out_dir / f).is_file():
+                tracker.log_artifact(out_dir / f)
+        tracker.log_metrics({"peak_memory_mb": summary["peak_memory_mb"], "wall_time_s": summary["wall_time_s"]},
+                            history.steps_done)
+        return summary
+    except KeyboardInterrupt:
+        status, reason = "KILLED", f"interrupted (SIGINT); continue with: zo finetune --resume --out-dir {out_dir}"
+        if checkpoint is not None:
+            checkpoint()
+        raise
+    except BaseException as e:  # noqa: BLE001 - any failure ends the run FAILED with the reason
+        status, reason = "FAILED", f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        tracker.end(status, reason)

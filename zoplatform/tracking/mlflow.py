@@ -1,0 +1,136 @@
+"""MLflow tracker: one run per fine-tune (optionally a child of a sweep run).
+
+Uses ``MlflowClient`` with an explicit tracking URI (never the fluent global
+run), so several runs can log from one process or from Ray workers without
+sharing state.  Metrics are buffered and written with ``log_batch`` (a ZO step
+is fast; one HTTP/SQLite round trip per metric is not).
+
+Store resolution: ``tracking_uri`` argument > ``MLFLOW_TRACKING_URI`` >
+``sqlite:///<cwd>/mlflow.db`` with artifacts under ``<cwd>/mlartifacts``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from . import flatten
+
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{Path.cwd().resolve() / DEFAULT_DB}"
+    if "://" not in uri:  # a bare path means a SQLite file there
+        return f"sqlite:///{Path(uri).resolve()}"
+    return uri
+
+
+def default_artifact_location(uri: str) -> str | None:
+    """Next to the SQLite file for local stores; the server decides otherwise."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / DEFAULT_ARTIFACTS).as_uri()
+    return None
+
+
+def ensure_experiment(client, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        loc = default_artifact_location(uri)
+        return client.create_experiment(name, artifact_location=f"{loc}/{name}" if loc else None)
+    except Exception:  # created concurrently by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+class MlflowTracker:
+    def __init__(self, tracking_uri: str | None = None, experiment: str = "zoplatform", run_name: str | None = None,
+                 parent_run_id: str | None = None, run_id: str | None = None, system_metrics: bool = True,
+                 flush_every: int = 200):
+        import mlflow  # noqa: F401  (lazy: only this module imports mlflow)
+        from mlflow import MlflowClient
+
+        self.uri = resolve_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment = experiment
+        self.run_name = run_name
+        self.parent_run_id = parent_run_id
+        self.run_id = run_id  # set: continue that run (resume)
+        self.system_metrics = system_metrics
+        self.flush_every = flush_every
+        self._buf: list = []
+        self._monitor = None
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self, params: dict[str, Any], tags: dict[str, str] | None = None) -> None:
+        from mlflow.entities import Param, RunTag
+
+        tags = dict(tags or {})
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
+        if self.run_id is None:
+            exp_id = ensure_experiment(self.client, self.experiment, self.uri)
+            run = self.client.create_run(exp_id, tags=tags, run_name=self.run_name)
+            self.run_id = run.info.run_id
+            flat = {k: str(v)[:6000] for k, v in flatten(params).items()}
+            items = [Param(k, v) for k, v in flat.items()]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(self.run_id, params=items[i:i + 100])
+        else:  # resumed: reopen the same run, params are already there
+            self.client.update_run(self.run_id, status="RUNNING")
+            if tags:
+                self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        if self.system_metrics:
+            self._start_monitor()
+
+    def _start_monitor(self):
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=10, tracking_uri=self.uri)
+            self._monitor.start()
+        except Exception:  # system metrics are best effort (psutil missing, etc.)
+            self._monitor = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self._buf.extend(Metric(k, float(v), ts, int(step)) for k, v in metrics.items() if v is not None)
+        if len(self._buf) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        buf, self._buf = self._buf, []
+        for i in range(0, len(buf), 1000):
+            self.client.log_batch(self.run_id, metrics=buf[i:i + 1000])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_artifact(self, path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        if self.run_id is None:
+            return
+        try:
+            self.flush()
+            if reason:
+                self.client.set_tag(self.run_id, "zo.end_reason", reason[:5000])
+        finally:
+            if self._monitor is not None:
+                try:
+                    self._monitor.finish()
+                except Exception:
+                    pass
+            self.client.set_terminated(self.run_id, status=status)
