@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -252,7 +253,10 @@ def run(cfg: FinetuneConfig, tracker=None) -> dict[str, Any]:
                     best_copy = [p.detach().to("cpu", copy=True) for _, p in named]
                 opt.method_state = opt.method.replay(opt.method_state, opt.blocks, rec)
                 opt.trajectory.append(rec)
-                sched.step()
+            with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": replay steps no optimizer
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(history.steps_done):
+                    sched.step()
             opt.steps = start = history.steps_done
             if cfg.select == "best" and history.best_step == start:
                 best_copy = None  # the current weights are the best

@@ -1,0 +1,218 @@
+"""End-to-end recipe tests on tiny fixtures: MLflow contents, exact resume,
+trajectory replay on a language model, bad input at the CLI."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import zoplatform
+from pipelines.cli import main as cli
+from pipelines.finetune import load_config, run
+from zoplatform.data import resolve_data_dir
+from zoplatform.loop import ZOStepper
+
+try:
+    DATA = resolve_data_dir(None)
+except zoplatform.ZOError:  # pragma: no cover
+    DATA = None
+needs_data = pytest.mark.skipif(DATA is None, reason="../shared/data not found")
+
+TINY = dict(model="tiny:llama", task="sst2", num_train=48, num_dev=16, num_test=24, batch_size=8, eval_every=5,
+            lr=1e-3, eps=1e-2, progress=False)
+
+
+def client(uri):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+@needs_data
+def test_finetune_logs_a_complete_mlflow_run(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = load_config(None, TINY | dict(steps=12, tracking_uri=uri, out_dir=str(tmp_path / "run"), experiment="t"))
+    s = run(cfg)
+    assert s["forward_passes"] == 24 and s["steps"] == 12
+    assert 0.0 <= s["test_accuracy"] <= 1.0 and "zero_shot_test_accuracy" in s
+    r = client(uri).get_run(s["mlflow_run_id"])
+    assert r.info.status == "FINISHED"
+    assert r.data.params["method"] == "mezo" and r.data.params["method_config.eps"] == "0.01"
+    assert len(client(uri).get_metric_history(r.info.run_id, "train_loss")) == 12
+    assert [m.step for m in client(uri).get_metric_history(r.info.run_id, "dev_accuracy")] == [0, 5, 10, 12]
+    arts = {a.path for a in client(uri).list_artifacts(r.info.run_id)}
+    assert {"trajectory.jsonl", "curves.png", "summary.json"} <= arts
+
+
+@needs_data
+def test_interrupted_run_resumes_exactly_in_the_same_mlflow_run(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    base = TINY | dict(steps=16, select="last", tracking_uri=uri, experiment="t")
+    full = run(load_config(None, base | dict(out_dir=str(tmp_path / "full"))))
+
+    calls = {"n": 0}
+    original = ZOStepper.__call__
+
+    def flaky(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(ZOStepper, "__call__", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run(load_config(None, base | dict(out_dir=str(tmp_path / "cut"))))
+    monkeypatch.setattr(ZOStepper, "__call__", original)
+    state = json.loads((tmp_path / "cut" / "state.json").read_text())
+    killed = client(uri).get_run(state["run_id"])
+    assert killed.info.status == "KILLED" and "--resume" in killed.data.tags["zo.end_reason"]
+
+    resumed = run(load_config(None, base | dict(out_dir=str(tmp_path / "cut"), resume=True)))
+    assert resumed["mlflow_run_id"] == state["run_id"]
+    assert client(uri).get_run(state["run_id"]).info.status == "FINISHED"
+    a = zoplatform.Trajectory.load(tmp_path / "full" / "trajectory.jsonl").records
+    b = zoplatform.Trajectory.load(tmp_path / "cut" / "trajectory.jsonl").records
+    assert a == b and len(a) == 16
+    assert resumed["test_loss"] == full["test_loss"] and resumed["test_accuracy"] == full["test_accuracy"]
+    # one train_loss point per step, none duplicated by the resume
+    assert [m.step for m in client(uri).get_metric_history(state["run_id"], "train_loss")] == list(range(1, 17))
+
+
+@needs_data
+@pytest.mark.parametrize("spec", ["tiny:llama", "tiny:gpt2"])
+def test_trajectory_replay_reproduces_a_language_model_bit_exactly(spec):
+    from zoplatform.data import sample_splits
+    from zoplatform.models import load_model
+    from zoplatform.objectives import make_scorer
+
+    ex = sample_splits("sst2", num_train=16, num_dev=1, num_test=1, seed=0).train
+    model, tok = load_model(spec, seed=1)
+    scorer = make_scorer(model, tok)
+    opt = zoplatform.optimizer("mezo", model.named_parameters(), lr=1e-3, eps=1e-2, weight_decay=0.01,
+                               no_decay=zoplatform.no_decay_names(model), seed=3)
+    with torch.inference_mode():
+        for t in range(6):
+            opt.step(lambda: scorer.loss(ex[t % 2 * 8:(t % 2 + 1) * 8]))
+    fresh, _ = load_model(spec, seed=1)
+    zoplatform.replay(zoplatform.make("mezo", **opt.trajectory.config), zoplatform.model_blocks(fresh),
+                      opt.trajectory.records)
+    for (n, a), (_, b) in zip(model.named_parameters(), fresh.named_parameters()):
+        assert torch.equal(a, b), n
+
+
+@needs_data
+def test_lora_run_leaves_base_weights_untouched(tmp_path):
+    from zoplatform.models import load_model
+    from zoplatform.objectives import make_scorer
+    from zoplatform.data import sample_splits
+
+    ex = sample_splits("sst2", num_train=8, num_dev=1, num_test=1).train
+    model, tok = load_model("tiny:llama", lora={"r": 4}, seed=0)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    lora = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    scorer = make_scorer(model, tok)
+    opt = zoplatform.optimizer("mezo", model.named_parameters(), lr=1e-2, eps=1e-2)
+    with torch.inference_mode():
+        for _ in range(3):
+            opt.step(lambda: scorer.loss(ex))
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    assert any(not torch.equal(p, lora[n]) for n, p in model.named_parameters() if n in lora)
+
+
+@needs_data
+def test_first_order_baseline_runs_on_the_same_objective(tmp_path):
+    s = run(load_config(None, TINY | dict(method="fo", steps=6, lr=1e-3, tracking=False,
+                                          out_dir=str(tmp_path / "fo"))))
+    assert s["forward_passes"] == 6 and s["method"] == "fo"
+
+
+# ----------------------------------------------------------------------------- CLI errors
+BAD = [
+    (["--task", "sst9"], "unknown task 'sst9'"),
+    (["--model", "tiny:mamba"], "unknown tiny fixture 'tiny:mamba'"),
+    (["--model", "./no/such/dir"], "model directory './no/such/dir' does not exist"),
+    (["--method", "adamzo"], "unknown method 'adamzo'"),
+    (["--steps", "-5"], "steps=-5 is invalid"),
+    (["--lr", "0"], "lr=0.0 is invalid"),
+    (["--lr", "-1e-3"], "lr=-0.001 is invalid"),
+    (["--data-dir", "/nonexistent/data"], "/nonexistent/data"),
+    (["--schedule", "cosine"], "schedule='cosine' is invalid"),
+    (["--device", "cuda:7"], "cuda:7"),
+    (["--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
+]
+
+
+@needs_data
+@pytest.mark.parametrize("args,msg", BAD)
+def test_bad_input_is_one_clear_line(args, msg, tmp_path):
+    base = ["finetune", "--model", "tiny:llama", "--task", "sst2", "--steps", "1", "--no-tracking",
+            "--out-dir", str(tmp_path / "o")]
+    res = CliRunner().invoke(cli, base + args)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], res.output
+    assert "Traceback" not in res.output
+
+
+def test_malformed_rows_are_one_clear_line(tmp_path):
+    (tmp_path / "rte").mkdir()
+    (tmp_path / "rte" / "train.jsonl").write_text('{"premise": "a", "label": "entailment"}\n' * 3)
+    (tmp_path / "rte" / "val.jsonl").write_text('{"premise": "a", "hypothesis": "b", "label": "entailment"}\n')
+    res = CliRunner().invoke(cli, ["finetune", "--model", "tiny:llama", "--task", "rte", "--no-tracking",
+                                   "--data-dir", str(tmp_path), "--num-train", "1", "--num-dev", "1",
+                                   "--out-dir", str(tmp_path / "o")])
+    assert res.exit_code == 2 and res.output.count("\n") == 1
+    assert "rte/train.jsonl row" in res.output and "hypothesis" in res.output
+
+
+def test_the_zo_console_script_reports_errors_without_traceback():
+    exe = Path(sys.executable).parent / "zo"
+    res = subprocess.run([str(exe), "finetune", "--task", "nope", "--no-tracking"], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.strip().startswith("error: unknown task 'nope'")
+    assert "Traceback" not in res.stderr
+
+
+# ----------------------------------------------------------------------------- real MLflow server
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_data
+@pytest.mark.slow
+def test_finetune_against_a_real_mlflow_server(tmp_path):
+    port = _free_port()
+    exe = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen([str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                             "--artifacts-destination", str(tmp_path / "artifacts")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("mlflow server did not become healthy")
+                time.sleep(0.5)
+        s = run(load_config(None, TINY | dict(steps=4, tracking_uri=uri, experiment="server-test",
+                                              out_dir=str(tmp_path / "run"))))
+        r = client(uri).get_run(s["mlflow_run_id"])
+        assert r.info.status == "FINISHED" and "dev_accuracy" in r.data.metrics
+        assert "trajectory.jsonl" in {a.path for a in client(uri).list_artifacts(r.info.run_id)}
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=20)
