@@ -74,6 +74,11 @@ class ZOMethod:
     def forwards_per_step(self) -> int:
         return 2
 
+    def report(self, state: dict, blocks: Sequence[Block], out_dir) -> list:
+        """End-of-run artifacts (plots, tables) written under ``out_dir``; the
+        recipe logs every returned path to the run.  Default: none."""
+        return []
+
     # -- shared pieces ----------------------------------------------------
     def perturb(self, blocks, seed, alpha, **kw) -> None:
         """θ ← θ + alpha · u(seed) on ``blocks``."""
