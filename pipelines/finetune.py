@@ -308,7 +308,7 @@ def run(cfg: FinetuneConfig, tracker=None) -> dict[str, Any]:
         # 7. artifacts -------------------------------------------------------------
         _atomic_json(out_dir / "summary.json", summary)
         plot_history(history, out_dir / "curves.png", f"{cfg.method} on {cfg.task} ({cfg.model})")
-        extra = method.report(opt.method_state, opt.blocks, out_dir) if method is not None else []
+        extra = opt.method.report(opt.method_state, opt.blocks, out_dir) if method is not None else []
         for f in ["curves.png", "summary.json", "state.json", "trajectory.jsonl", *extra]:
             if (out_dir / f).is_file():
                 tracker.log_artifact(out_dir / f)
