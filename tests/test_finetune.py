@@ -216,3 +216,18 @@ def test_finetune_against_a_real_mlflow_server(tmp_path):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=20)
+
+
+@needs_data
+def test_zo_eval_applies_a_trajectory_checkpoint(tmp_path):
+    s = run(load_config(None, TINY | dict(steps=8, select="last", tracking=False, out_dir=str(tmp_path / "r"))))
+    res = CliRunner().invoke(cli, ["eval", "--model", "tiny:llama", "--task", "sst2", "--num-train", "48",
+                                   "--num-dev", "16", "--num-test", "24", "--json",
+                                   "--trajectory", str(tmp_path / "r" / "trajectory.jsonl")])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["steps_applied"] == 8
+    assert out["accuracy"] == s["test_accuracy"] and out["loss"] == pytest.approx(s["test_loss"], abs=1e-6)
+    zs = json.loads(CliRunner().invoke(cli, ["eval", "--model", "tiny:llama", "--task", "sst2", "--num-train", "48",
+                                             "--num-dev", "16", "--num-test", "24", "--json"]).output.splitlines()[-1])
+    assert zs["accuracy"] == s["zero_shot_test_accuracy"]
