@@ -4,7 +4,13 @@
 - forward time of the fast scorer, and of the naive one (``scorer_speedup``);
 - for each ZO method × direction law: step time and ``step_to_2fwd_ratio`` =
   step time / (2 × forward time), plus the time of one pass over the random
-  directions (what the ratio's excess is made of);
+  directions (what the ratio's excess is made of); each also as CPU time of
+  this process (``*_cpu_s``, ``step_to_2fwd_cpu_ratio``), which a shared
+  machine's contention distorts far less than wall time.  A method may carry
+  options, ``NAME:KEY=VALUE[:KEY=VALUE...]`` (e.g. ``curvzo:init_budget=0.1``,
+  ``sparse-mezo:threshold_every=1``), so one run can show CurvZO's step cost
+  against its budget; methods that log the fraction of coordinates they
+  perturb (``sampled_frac``, ``perturbed_frac``) report its mean;
 - peak memory of an inference forward, a ZO step and a first-order step, each
   in its own subprocess: on CPU the kernel's peak-RSS counter (VmHWM) is reset
   after the model is loaded and read after the measured work; on CUDA,
@@ -22,15 +28,24 @@ import time
 from typing import Any
 
 
-def _median_time(fn, repeats: int, warmup: int = 1) -> float:
+def _median_times(fn, repeats: int, warmup: int = 1) -> tuple[float, float]:
+    """Median wall time and median CPU time (this process, all threads) of ``fn``.
+
+    On a shared machine the wall time includes waiting for the CPU; the CPU
+    time is what the work itself costs, so its ratios stay meaningful."""
     for _ in range(warmup):
         fn()
-    ts = []
+    ts, cs = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+        cs.append(time.process_time() - c)
+    return statistics.median(ts), statistics.median(cs)
+
+
+def _median_time(fn, repeats: int, warmup: int = 1) -> float:
+    return _median_times(fn, repeats, warmup)[0]
 
 
 def _setup(model, task, batch_size, device, dtype, data_dir, protocol=None):
@@ -69,6 +84,25 @@ def _read_peak(device: str) -> int:
     raise RuntimeError("VmHWM not found")
 
 
+def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"curvzo:init_budget=0.1:profile=port"`` -> ("curvzo", {"init_budget": 0.1, "profile": "port"}),
+    validated against the method's config (a bad name or option raises ConfigError)."""
+    import yaml
+
+    import zoplatform
+    from zoplatform.errors import ConfigError
+
+    name, *items = spec.strip().split(":")
+    opts: dict[str, Any] = {}
+    for it in items:
+        if "=" not in it:
+            raise ConfigError(f"method option {it!r} in {spec!r} must look like KEY=VALUE")
+        k, v = it.split("=", 1)
+        opts[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    zoplatform.get_method(name)(**opts)  # validate now, before any model is loaded
+    return name, opts
+
+
 def memory_child(args: dict) -> dict:
     """Runs in a subprocess: peak memory of one mode after the model is loaded."""
     import gc
@@ -82,9 +116,9 @@ def memory_child(args: dict) -> dict:
     mode = args["mode"]
     if mode == "fo":
         opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5)
-    elif mode.startswith("zo:"):
-        _, name, direction = mode.split(":")
-        opt = zoplatform.optimizer(name, m.named_parameters(), lr=1e-7, direction=direction, record=False)
+    elif mode == "zo":
+        opt = zoplatform.optimizer(args["method"], m.named_parameters(), lr=1e-7, direction=args["direction"],
+                                   record=False, **args.get("options", {}))
     gc.collect()
     _reset_peak(args["device"])
     loaded = _read_peak(args["device"])  # right after the reset: the loaded model's footprint
@@ -107,7 +141,8 @@ def _run_child(args: dict) -> dict:
     out = subprocess.run([sys.executable, "-m", "pipelines.bench", json.dumps(args)], capture_output=True, text=True,
                          env=env, check=False)
     if out.returncode != 0:
-        raise RuntimeError(f"memory child {args['mode']} failed: {out.stderr.strip().splitlines()[-1:]}")
+        what = args["mode"] if args["mode"] != "zo" else f"zo:{args['method']}:{args['direction']}"
+        raise RuntimeError(f"memory child {what} failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -121,8 +156,7 @@ def step_cost(*, model: str, task: str, batch_size: int = 16, methods=("mezo",),
     from zoplatform.objectives import NaiveScorer
     from zoplatform.params import axpy_
 
-    for name in methods:
-        zoplatform.get_method(name)
+    specs = {spec: parse_method_spec(spec) for spec in methods}
     check_spec(model)
     m, tok, scorer, batch, protocol = _setup(model, task, batch_size, device, dtype, data_dir)
     out: dict[str, Any] = {"model": model, "task": task, "batch_size": batch_size, "device": device, "dtype": dtype,
@@ -132,8 +166,8 @@ def step_cost(*, model: str, task: str, batch_size: int = 16, methods=("mezo",),
         with torch.inference_mode():
             scorer.loss(batch)
 
-    t_fwd = _median_time(fwd, repeats)
-    out["forward_s"] = t_fwd
+    t_fwd, c_fwd = _median_times(fwd, repeats)
+    out["forward_s"], out["forward_cpu_s"] = t_fwd, c_fwd
     if protocol == "prompt":
         naive = NaiveScorer(m, tok)
 
@@ -146,20 +180,33 @@ def step_cost(*, model: str, task: str, batch_size: int = 16, methods=("mezo",),
         out["scorer_speedup"] = t_naive / t_fwd
 
     base = [p.detach().clone() for p in m.parameters()]
-    for name in methods:
+    for spec, (name, opts) in specs.items():
         for direction in directions:
-            opt = zoplatform.optimizer(name, m.named_parameters(), lr=1e-7, direction=direction, record=False)
+            opt = zoplatform.optimizer(name, m.named_parameters(), lr=1e-7, direction=direction, record=False,
+                                       **opts)
+            fracs: list[float] = []
 
             def step():
                 with torch.inference_mode():
                     opt.step(lambda: scorer.loss(batch))
+                extra = opt.last_record.extra
+                frac = extra.get("sampled_frac", extra.get("perturbed_frac"))
+                if frac is not None:
+                    fracs.append(float(frac))
 
-            t_step = _median_time(step, repeats)
-            law_pass = _median_time(lambda: axpy_(opt.blocks, 1, opt.method.law, opt.method.scratch, 0.0), repeats)
-            out["methods"][f"{name}/{direction}"] = {
+            t_step, c_step = _median_times(step, repeats)
+            def direction_pass():  # under inference_mode like the steps: the scratch buffer is an inference tensor
+                with torch.inference_mode():
+                    axpy_(opt.blocks, 1, opt.method.law, opt.method.scratch, 0.0)
+
+            law_pass, law_cpu = _median_times(direction_pass, repeats)
+            out["methods"][f"{spec}/{direction}"] = {
                 "step_s": t_step, "step_to_2fwd_ratio": t_step / (2 * t_fwd), "direction_pass_s": law_pass,
+                "step_cpu_s": c_step, "step_to_2fwd_cpu_ratio": c_step / (2 * c_fwd), "direction_pass_cpu_s": law_cpu,
                 "forwards_per_step": opt.method.forwards_per_step,
             }
+            if fracs:
+                out["methods"][f"{spec}/{direction}"]["perturbed_frac"] = sum(fracs) / len(fracs)
             with torch.no_grad():  # undo the benchmark steps
                 for p, b in zip(m.parameters(), base):
                     p.copy_(b)
@@ -172,10 +219,11 @@ def step_cost(*, model: str, task: str, batch_size: int = 16, methods=("mezo",),
         out["memory"] = {"measure": "CUDA max allocated" if device.startswith("cuda") else "process peak RSS (VmHWM)",
                          "loaded_mb": loaded / 2**20, "inference_peak_mb": inf / 2**20, "fo_peak_mb": fo / 2**20,
                          "fo_mem_to_inference_ratio": fo / inf}
-        for name in methods:
+        for spec, (name, opts) in specs.items():
             for direction in directions:
-                zo = _run_child(common | {"mode": f"zo:{name}:{direction}"})["peak_bytes"]
-                out["methods"][f"{name}/{direction}"].update(
+                zo = _run_child(common | {"mode": "zo", "method": name, "options": opts,
+                                          "direction": direction})["peak_bytes"]
+                out["methods"][f"{spec}/{direction}"].update(
                     {"peak_mb": zo / 2**20, "zo_mem_to_inference_ratio": zo / inf})
     return out
 

@@ -190,7 +190,9 @@ def bench():
 @click.option("--model", default="smollm2-135m")
 @click.option("--task", default="sst2")
 @click.option("--batch-size", type=int, default=16)
-@click.option("--methods", "methods_", default="mezo", help="comma-separated ZO methods")
+@click.option("--methods", "methods_", default="mezo",
+              help="comma-separated ZO methods, each optionally NAME:KEY=VALUE[:KEY=VALUE...] "
+                   "(e.g. mezo,curvzo:init_budget=0.1,curvzo:init_budget=0.8)")
 @click.option("--directions", default="gaussian,rademacher,pool")
 @click.option("--repeats", type=int, default=5)
 @click.option("--device", default="cpu")
@@ -201,12 +203,86 @@ def bench():
 @friendly
 def bench_step_cost(model, task, batch_size, methods_, directions, repeats, device, dtype, data_dir, no_memory,
                     as_json):
-    """ZO step time vs two forward passes, peak memory vs inference and first-order, scorer speed-up."""
+    """ZO step time vs two forward passes, peak memory vs inference and first-order, scorer speed-up.
+
+    Method options let one run compare variants, e.g. CurvZO's step cost against its budget."""
     from pipelines.bench import step_cost
 
-    out = step_cost(model=model, task=task, batch_size=batch_size, methods=methods_.split(","),
+    out = step_cost(model=model, task=task, batch_size=batch_size, methods=[m for m in methods_.split(",") if m],
                     directions=directions.split(","), repeats=repeats, device=device, dtype=dtype,
                     data_dir=data_dir, memory=not no_memory)
+    emit_json(out) if as_json else click.echo(json.dumps(out, indent=1))
+
+
+# --------------------------------------------------------------------------- sweep
+@main.command()
+@click.option("--method", help="ZO method to tune (zo methods)")
+@click.option("--task", help="task name (zo tasks)")
+@click.option("--model", help="model (as for zo finetune)")
+@click.option("--trials", type=int, help="number of trials (default 8)")
+@click.option("--steps", type=int, help="ZO steps per trial (default 500)")
+@click.option("--space", help="search space YAML (default: the method's packaged space)")
+@click.option("--backend", help="ray (default; local or RAY_ADDRESS cluster) or optuna (one machine, no Ray)")
+@click.option("--scheduler", help="asha (default; forward passes as its time) or none")
+@click.option("--resources", help="per trial, e.g. cpu=2,gpu=0.25 (default cpu=1)")
+@click.option("--max-concurrent", type=int, help="trials at once (default 2)")
+@click.option("--storage", help="sweep directory root, shared on a cluster (default ./sweeps)")
+@click.option("--name", help="sweep name (default METHOD-TASK-MODEL)")
+@click.option("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)")
+@click.option("--experiment", help="MLflow experiment (default zo-sweep)")
+@click.option("--objectives", help="comma-separated: acc (default), loss, forward_passes")
+@click.option("--seed", type=int, help="data/ZO seed of every trial and the sampler's seed")
+@click.option("--max-failures", type=int, help="retries of a failed trial from its checkpoint (default 2)")
+@click.option("--grace-period", type=int, help="ASHA's first rung in forward passes (default 10%% of a trial)")
+@click.option("--reduction-factor", type=float, help="ASHA reduction factor (default 3)")
+@click.option("--time-budget-s", type=float, help="wall-clock budget of the sweep")
+@click.option("--optuna-storage", help="Optuna RDB URL or journal file (default: a journal in the sweep dir)")
+@click.option("--batch-size", type=int)
+@click.option("--eval-every", type=int)
+@click.option("--num-train", type=int)
+@click.option("--num-dev", type=int)
+@click.option("--num-test", type=int)
+@click.option("--data-dir", type=str)
+@click.option("--device", type=str)
+@click.option("--dtype", type=str)
+@click.option("--set", "settings", multiple=True, help="other fine-tune option KEY=VALUE (e.g. max_length=256)")
+@click.option("--resume", is_flag=True, default=None, help="continue the interrupted sweep --storage/--name")
+@click.option("--crash-after-steps", type=int, hidden=True)
+@click.option("--interrupt-after-evals", type=int, hidden=True)
+@click.option("--json", "as_json", is_flag=True, help="print a one-line JSON summary last")
+@friendly
+def sweep(objectives, settings, as_json, batch_size, eval_every, num_train, num_dev, num_test, data_dir, device,
+          dtype, **opts):
+    """Tune a method's hyperparameters: Ray Tune (or Optuna) over ZO fine-tunes, tracked in MLflow."""
+    from pipelines.sweep import load_sweep_config, run
+
+    ft = {"batch_size": batch_size, "eval_every": eval_every, "num_train": num_train, "num_dev": num_dev,
+          "num_test": num_test, "data_dir": data_dir, "device": device, "dtype": dtype} | parse_kv(settings)
+    opts["finetune"] = {k: v for k, v in ft.items() if v is not None}
+    if objectives is not None:
+        opts["objectives"] = [o.strip() for o in objectives.split(",") if o.strip()]
+    cfg = load_sweep_config(opts)
+    out = run(cfg)
+    emit_json(out) if as_json else click.echo(json.dumps(out, indent=1, default=str))
+    if out["status"] == "interrupted":
+        click.echo(out["resume_with"], err=True)
+        sys.exit(130)
+
+
+@bench.command("sweep-overhead")
+@click.option("--model", default="tiny:llama")
+@click.option("--task", default="sst2")
+@click.option("--method", default="mezo")
+@click.option("--trials", type=int, default=4)
+@click.option("--steps", type=int, default=4)
+@click.option("--data-dir", type=str)
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def bench_sweep_overhead(model, task, method, trials, steps, data_dir, as_json):
+    """Wall time of N short trials through Ray Tune vs the same trials run directly (one run, as a ratio)."""
+    from pipelines.sweep import sweep_overhead
+
+    out = sweep_overhead(model=model, task=task, method=method, trials=trials, steps=steps, data_dir=data_dir)
     emit_json(out) if as_json else click.echo(json.dumps(out, indent=1))
 
 

@@ -165,8 +165,13 @@ def plot_history(history, path: Path, title: str) -> Path:
     return path
 
 
-def run(cfg: FinetuneConfig, tracker=None) -> dict[str, Any]:
-    """Execute the recipe; returns the JSON summary."""
+def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> dict[str, Any]:
+    """Execute the recipe; returns the JSON summary.
+
+    Hooks (used by sweeps): ``on_eval(step, metrics, history)`` runs after each
+    dev evaluation, once the checkpoint is written; ``should_stop()`` is checked
+    after every step and ends training early (the run then finishes normally:
+    best step, test, artifacts)."""
     import zoplatform
     from zoplatform.data import sample_splits
     from zoplatform.loop import FOStepper, History, ZOStepper, evaluate, lr_lambda, peak_memory_bytes, train
@@ -274,19 +279,22 @@ def run(cfg: FinetuneConfig, tracker=None) -> dict[str, Any]:
             tracker.log_metrics({k: v for k, v in out.items() if k != "forwards"} | {"lr": sched.get_last_lr()[0],
                                 "forward_passes": history.forwards}, step)
 
-        def on_eval(step, m, is_best):
+        def eval_hook(step, m, is_best):
             nonlocal best_copy
-            tracker.log_metrics({"dev_loss": m["dev_loss"], "dev_accuracy": m["dev_accuracy"]}, step)
-            tracker.flush()
             if is_best and cfg.select == "best":
                 best_copy = [p.detach().to("cpu", copy=True) for _, p in named] if step < cfg.steps else None
             checkpoint()
+            # metrics reach MLflow only here, right after the checkpoint: a resumed run re-logs no step
+            tracker.log_metrics({"dev_loss": m["dev_loss"], "dev_accuracy": m["dev_accuracy"]}, step)
+            tracker.flush()
+            if on_eval is not None:
+                on_eval(step, m, history)
 
         # 5. train ------------------------------------------------------------
         history = train(stepper, scorer, splits.train, splits.dev, steps=cfg.steps, batch_size=cfg.batch_size,
                         data_seed=cfg.seed, eval_every=cfg.eval_every, scheduler=sched, start_step=start,
-                        history=history, on_step=on_step, on_eval=on_eval, eval_batch_size=cfg.eval_batch_size,
-                        progress=cfg.progress)
+                        history=history, on_step=on_step, on_eval=eval_hook, eval_batch_size=cfg.eval_batch_size,
+                        progress=cfg.progress, should_stop=should_stop)
         checkpoint()
 
         # 6. best step, test ----------------------------------------------------

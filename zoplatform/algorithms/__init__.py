@@ -2,7 +2,11 @@
 from ..registry import register
 from .base import ZOMethod, two_point
 from .mezo import MeZO, MeZOConfig
+from .sparse_mezo import SparseMeZO, SparseMeZOConfig
+from .curvzo import CurvZO, CurvZOConfig
 
 register(MeZO)
+register(SparseMeZO)
+register(CurvZO)
 
-__all__ = ["ZOMethod", "two_point", "MeZO", "MeZOConfig"]
+__all__ = ["ZOMethod", "two_point", "MeZO", "MeZOConfig", "SparseMeZO", "SparseMeZOConfig", "CurvZO", "CurvZOConfig"]

@@ -3,7 +3,9 @@
 Uses ``MlflowClient`` with an explicit tracking URI (never the fluent global
 run), so several runs can log from one process or from Ray workers without
 sharing state.  Metrics are buffered and written with ``log_batch`` (a ZO step
-is fast; one HTTP/SQLite round trip per metric is not).
+is fast; one HTTP/SQLite round trip per metric is not).  By default the
+buffer is written only on :meth:`flush`, which the recipes call right after
+each checkpoint, so a resumed run never logs a step twice.
 
 Store resolution: ``tracking_uri`` argument > ``MLFLOW_TRACKING_URI`` >
 ``sqlite:///<cwd>/mlflow.db`` with artifacts under ``<cwd>/mlartifacts``.
@@ -54,7 +56,7 @@ def ensure_experiment(client, name: str, uri: str) -> str:
 class MlflowTracker:
     def __init__(self, tracking_uri: str | None = None, experiment: str = "zoplatform", run_name: str | None = None,
                  parent_run_id: str | None = None, run_id: str | None = None, system_metrics: bool = True,
-                 flush_every: int = 200):
+                 flush_every: int | None = None):
         import mlflow  # noqa: F401  (lazy: only this module imports mlflow)
         from mlflow import MlflowClient
 
@@ -105,7 +107,7 @@ class MlflowTracker:
 
         ts = int(time.time() * 1000)
         self._buf.extend(Metric(k, float(v), ts, int(step)) for k, v in metrics.items() if v is not None)
-        if len(self._buf) >= self.flush_every:
+        if self.flush_every is not None and len(self._buf) >= self.flush_every:
             self.flush()
 
     def flush(self) -> None:

@@ -1,0 +1,286 @@
+"""Sweeps end to end on tiny models: a real local Ray (2 CPUs, one session for the
+module), both backends, MLflow contents (SQLite, and one real ``mlflow server``),
+interrupt + ``--resume``, a crashed trial retried from its checkpoint, bad input
+rejected before Ray starts."""
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import zoplatform
+from pipelines.cli import main as cli
+from zoplatform.data import resolve_data_dir
+
+try:
+    DATA = resolve_data_dir(None)
+except zoplatform.ZOError:  # pragma: no cover
+    DATA = None
+pytestmark = pytest.mark.skipif(DATA is None, reason="../shared/data not found")
+
+TINY = ["--model", "tiny:llama", "--task", "sst2", "--method", "mezo", "--steps", "4", "--eval-every", "2",
+        "--num-train", "16", "--num-dev", "8", "--num-test", "8", "--batch-size", "4"]
+SUMMARY_KEYS = {"sweep", "status", "backend", "best", "parent_run_id", "counts", "objectives", "tracking_uri",
+                "storage", "artifacts", "pareto", "importances"}
+BEST_KEYS = {"trial", "status", "params", "best_dev_accuracy", "dev_loss", "forward_passes", "test_accuracy",
+             "mlflow_run_id", "trial_dir"}
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory):
+    """An empty, migrated MLflow SQLite store (creating one takes seconds; copying it, milliseconds)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def uri(tmp_path, mlflow_template):
+    """A fresh SQLite tracking store for the test."""
+    import shutil
+
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def sweep(tmp_path, *args, uri=None):
+    """Run ``zo sweep`` in-process; returns (exit code, JSON summary or None, output)."""
+    uri = uri or f"sqlite:///{tmp_path}/mlflow.db"
+    res = CliRunner().invoke(cli, ["sweep", *TINY, "--storage", str(tmp_path / "sweeps"), "--tracking-uri", uri,
+                                   "--json", *args])
+    summary = None
+    for line in reversed(res.stdout.strip().splitlines()):  # Ray may print after it; take the summary line
+        if line.startswith("{") and '"sweep"' in line:
+            summary = json.loads(line)
+            break
+    return res.exit_code, summary, res.output
+
+
+def runs_of(uri, parent_run_id):
+    from mlflow import MlflowClient
+
+    c = MlflowClient(tracking_uri=uri)
+    parent = c.get_run(parent_run_id)
+    children = c.search_runs([parent.info.experiment_id],
+                             filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=1000)
+    return c, parent, children
+
+
+# ----------------------------------------------------------------------------- bad input, before Ray
+def _space(tmp_path, body: str) -> str:
+    p = tmp_path / "space.yaml"
+    p.write_text(body)
+    return str(p)
+
+
+BAD = [
+    (["--method", "adamzo"], "unknown method 'adamzo'"),
+    (["--space", "SPACE:method: mezo\nparams:\n  lr: {dist: log_uniform, low: 1.0e-7, high: 1.0e-4}\n"
+                "  momentum: {dist: uniform, low: 0, high: 1}\n"], "params.momentum is not an option of mezo"),
+    (["--space", "SPACE:method: mezo\nparams:\n  lr: {dist: log_uniform, low: 0, high: 1.0e-4}\n"],
+     "a log-scale range needs low > 0"),
+    (["--space", "SPACE:method: mezo\nparams:\n  lr: {dist: gamma, low: 1, high: 2}\n"], "dist='gamma' is not a"),
+    (["--space", "SPACE:method: loren\nparams:\n  lr: {dist: log_uniform, low: 1.0e-7, high: 1.0e-4}\n"],
+     "method 'loren' is not registered"),
+    (["--resources", "cpu=-1,gpu=x"], "--resources: cpu=-1 is invalid"),
+    (["--resources", "cpu=1,gpu=x"], "--resources: gpu='x' is not a number"),
+    (["--resources", "gpu=0.3"], "gpu=0.3 is not 1/k"),
+    (["--trials", "0"], "trials=0 is invalid"),
+    (["--backend", "spark"], "backend='spark' is invalid"),
+    (["--objectives", "acc,forward_passes"], "multi-objective sweeps cannot use --scheduler asha"),
+    (["--objectives", "speed"], "unknown objective 'speed'"),
+    (["--set", "out_dir=/x"], "'out_dir' is set by the sweep itself"),
+    (["--task", "sst9"], "unknown task 'sst9'"),
+    (["--resume"], "--resume: no sweep"),
+]
+
+
+@pytest.mark.parametrize("args,msg", BAD, ids=[m for _, m in BAD])
+def test_bad_input_is_one_line_and_fails_before_ray_starts(args, msg, tmp_path, monkeypatch):
+    import pipelines.sweep as sw
+
+    def no_ray():
+        raise AssertionError("Ray was started for bad input")
+
+    monkeypatch.setattr(sw, "_ray_connect", no_ray)
+    args = [_space(tmp_path, a[6:]) if a.startswith("SPACE:") else a for a in args]
+    code, _, out = sweep(tmp_path, *args)
+    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
+    assert code == 2, out
+    assert len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], out
+    assert not (tmp_path / "sweeps").exists()  # nothing created either
+
+
+# ----------------------------------------------------------------------------- Optuna backend (no Ray)
+def test_optuna_backend_gives_the_same_contract_and_resumes(tmp_path, uri, monkeypatch):
+    import pipelines.sweep as sw
+
+    monkeypatch.setattr(sw, "_ray_connect", lambda: (_ for _ in ()).throw(AssertionError("no Ray here")))
+    common = ["--backend", "optuna", "--trials", "2", "--max-concurrent", "1", "--grace-period", "4",
+              "--reduction-factor", "2"]
+    # Ctrl-C at the first trial's second evaluation (step 2 of 4)
+    code, s, out = sweep(tmp_path, *common, "--interrupt-after-evals", "2")
+    assert code == 130 and s["status"] == "interrupted" and "--resume" in s["resume_with"], out
+    _, _, (cut,) = runs_of(uri, s["parent_run_id"])
+    assert cut.info.status == "KILLED"
+    code, s, out = sweep(tmp_path, "--resume", "--name", "mezo-sst2-tiny_llama")
+    assert code == 0 and s["status"] == "finished", out
+    assert SUMMARY_KEYS <= set(s) and BEST_KEYS <= set(s["best"])
+    assert sum(s["counts"].values()) == 2 and s["counts"]["failed"] == 0
+    assert s["best"]["params"]["eps"] > 0 and 0 <= s["best"]["best_dev_accuracy"] <= 1
+    _, parent, children = runs_of(uri, s["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    assert len({c.data.tags["zo.trial"] for c in children}) == 2
+    resumed = [c for c in children if c.info.run_id == cut.info.run_id]
+    assert resumed and resumed[0].data.tags["zo.resumed_at_step"] == "2"  # continued in the same run
+
+
+# ----------------------------------------------------------------------------- Ray backend
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for the module: 2 CPUs, token auth from the environment (nothing in $HOME)."""
+    import ray
+
+    env = {"RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(16),
+           "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "TOKENIZERS_PARALLELISM": "false"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_asha_sweep_logs_one_parent_and_a_child_per_trial(tmp_path, uri, ray_session):
+    # dev loss as the objective: continuous, so ASHA's rungs (4 and 8 forward passes) usually stop some trials
+    code, s, out = sweep(tmp_path, "--trials", "4", "--max-concurrent", "2", "--scheduler", "asha",
+                         "--grace-period", "4", "--reduction-factor", "2", "--objectives", "loss")
+    assert code == 0 and s["status"] == "finished", out
+    assert SUMMARY_KEYS <= set(s) and BEST_KEYS <= set(s["best"]) and s["backend"] == "ray"
+    assert sum(s["counts"].values()) == 4 and s["counts"]["failed"] == 0
+    c, parent, children = runs_of(uri, s["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["zo.kind"] == "sweep"
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    assert len({r.data.tags["ray_trial_id"] for r in children}) == 4
+    stopped = [r for r in children if r.data.tags.get("zo.stopped_early") == "true"]
+    assert len(stopped) == s["counts"]["stopped_early"]  # stopped by ASHA: FINISHED, tagged, not RUNNING
+    for r in children:
+        steps = [m.step for m in c.get_metric_history(r.info.run_id, "dev_accuracy")]
+        assert steps[0] == 0 and steps == sorted(set(steps)), steps  # logged once per evaluation
+    assert s["best"]["mlflow_run_id"] in {r.info.run_id for r in children}
+    arts = {a.path for a in c.list_artifacts(parent.info.run_id)}
+    assert {"results.csv", "results.json", "best_config.yaml", "objective_vs_trial.png",
+            "accuracy_vs_forward_passes.png"} <= arts
+    import yaml
+
+    best_cfg = yaml.safe_load((Path(s["storage"]) / "results" / "best_config.yaml").read_text())
+    assert best_cfg["model"] == "tiny:llama" and best_cfg["lr"] == s["best"]["params"]["lr"]
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_duplicate_or_running_runs(tmp_path, uri, ray_session):
+    args = ["--trials", "3", "--max-concurrent", "2", "--scheduler", "none"]
+    # Ctrl-C at the third evaluation reported (both running trials are mid-run)
+    code, s, out = sweep(tmp_path, *args, "--interrupt-after-evals", "3")
+    assert code == 130 and s["status"] == "interrupted", out
+    _, parent, children = runs_of(uri, s["parent_run_id"])
+    assert parent.info.status == "KILLED" and "--resume" in parent.data.tags["zo.end_reason"]
+    assert "RUNNING" not in {r.info.status for r in children}  # cut-off trials are KILLED until resumed
+    assert "KILLED" in {r.info.status for r in children}
+    first = {r.data.tags["ray_trial_id"]: r.info.run_id for r in children}
+    killed = {r.info.run_id for r in children if r.info.status == "KILLED"}
+
+    code, s2, out = sweep(tmp_path, "--resume", *args)
+    assert code == 0 and s2["status"] == "finished", out
+    assert s2["parent_run_id"] == s["parent_run_id"] and sum(s2["counts"].values()) == 3
+    _, parent, children = runs_of(uri, s["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 3 and {r.info.status for r in children} == {"FINISHED"}
+    by_trial = {r.data.tags["ray_trial_id"]: r.info.run_id for r in children}
+    assert len(by_trial) == 3 and all(by_trial[t] == rid for t, rid in first.items())  # continued, not duplicated
+    assert all("zo.resumed_at_step" in r.data.tags for r in children if r.info.run_id in killed)
+
+
+@pytest.mark.slow
+def test_crashed_trial_is_retried_from_its_checkpoint_to_the_same_weights(tmp_path, uri, ray_session):
+    from pipelines.finetune import load_config, run
+
+    code, s, out = sweep(tmp_path, "--trials", "1", "--steps", "6", "--scheduler", "none", "--max-failures", "1",
+                         "--crash-after-steps", "3")
+    assert code == 0 and s["counts"] == {"finished": 1, "stopped_early": 0, "failed": 0, "interrupted": 0}, out
+    trial_dir = Path(s["best"]["trial_dir"])
+    assert (trial_dir / ".crashed_once").exists()  # it did crash once
+    c, _, (child,) = runs_of(uri, s["parent_run_id"])
+    assert child.info.status == "FINISHED" and child.data.tags["zo.resumed_at_step"] == "2"
+    assert [m.step for m in c.get_metric_history(child.info.run_id, "train_loss")] == list(range(1, 7))
+
+    p = s["best"]["params"]  # the same trial, uninterrupted, without Ray
+    ref = run(load_config(None, dict(model="tiny:llama", task="sst2", method="mezo", steps=6, eval_every=2,
+                                     num_train=16, num_dev=8, num_test=8, batch_size=4, seed=0, progress=False,
+                                     tracking=False, out_dir=str(tmp_path / "ref"), **p)))
+    a = zoplatform.Trajectory.load(trial_dir / "trajectory.jsonl").records
+    b = zoplatform.Trajectory.load(tmp_path / "ref" / "trajectory.jsonl").records
+    assert len(a) == 6 and a == b  # the weights are a function of the trajectory
+    assert s["best"]["test_accuracy"] == ref["test_accuracy"]
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_template, ray_session):
+    import shutil
+
+    shutil.copy(mlflow_template, tmp_path / "server.db")  # already migrated: the server starts sooner
+    port = _free_port()
+    exe = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen([str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                             "--artifacts-destination", str(tmp_path / "artifacts")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("mlflow server did not become healthy")
+                time.sleep(0.5)
+        code, s, out = sweep(tmp_path, "--trials", "1", "--scheduler", "none", uri=uri)
+        assert code == 0 and s["status"] == "finished" and s["tracking_uri"] == uri, out
+        c, parent, children = runs_of(uri, s["parent_run_id"])
+        assert parent.info.status == "FINISHED" and len(children) == 1
+        assert all(r.info.status == "FINISHED" and "dev_accuracy" in r.data.metrics for r in children)
+        assert "results.csv" in {a.path for a in c.list_artifacts(parent.info.run_id)}
+        assert not (tmp_path / "mlflow.db").exists()  # nothing went to a throwaway local store
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=20)
+
+
+@pytest.mark.slow
+def test_bench_sweep_overhead_reports_a_ratio(ray_session):
+    res = CliRunner().invoke(cli, ["bench", "sweep-overhead", "--trials", "1", "--steps", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["ratio"] > 0 and out["direct_s"] > 0 and out["trials"] == 1

@@ -1,0 +1,439 @@
+"""CurvZO: curvature-guided sparse ZO with Horvitz–Thompson correction and an adaptive budget.
+
+Wang, Chen, Tang. *CurvZO.* ICML 2026, arXiv:2603.21725.  Spec:
+``docs/algorithms.md`` §4 (4.1 what the paper fixes, 4.2 the "paper" profile,
+4.3 the "port" profile, 4.4 the known weakness).  The official code was not
+consulted; 4.2 is a reconstruction from the paper's definitions.
+
+Update rule (paper notation; blocks b = parameter tensors, d_b = numel,
+D = Σ_b d_b, f = budget as a fraction of D)::
+
+    π_b = min(1, c·√S_b),   c from Σ_b d_b·π_b = f·D               (bisection)
+    m_b ~ Bernoulli(π_b) independently  (at least one block)       (Poisson sampling)
+    Δ   = (L(θ + ε v) − L(θ − ε v)) / (2ε),  v_b = m_b·z_b
+    g̃_b = (m_b / π_b)·Δ·z_b                                        (Horvitz–Thompson, Def. 3.1)
+    θ_b ← θ_b − η·(g̃_b + λ·θ_b)        (sampled b; λ = 0 on biases and norm weights)
+    S_b ← (1 − β)·S_b + β·Δ²‖z_b‖²/d_b   (sampled b)               (curvature score, EMA)
+    every T_B steps:  v = S/mean S,  N_eff = (Σ√v)²/Σv,  H = entropy(v/Σv)/log N
+        f ← clip(μ·f + (1 − μ)·[f_min + (f_max − f_min)(α·N_eff/N + (1 − α)(1 − H))], f_min, f_max)
+
+g̃ is unbiased for ∇L up to O(ε²) (Prop. 3.2); Var(g̃_i) ≤ C·F_ii/π_i
+(Prop. 3.3) motivates π ∝ √F, with S ≈ F estimated from the scalar feedback.
+
+Profiles (``profile``)
+----------------------
+``paper`` (default, §4.2): as above; β 0.1, f₀ 0.4, [f_min, f_max] = [0.1, 0.8],
+    α 0.7, T_B 20, μ 0.9, S₀ 1.  [recon] "normalised": the signal is divided
+    by G, a running mean (EMA κ = 0.9, started at the first Δ²) of Δ², so it is
+    O(1) like S₀ and comparable across training (Δ² shrinks as the loss falls).
+    Without it (``score_normalise=False``) S₀ = 1 meets raw signals of ~1e7 on
+    the synthetic problem: every block not drawn at step 1 keeps S = 1, gets
+    π ≈ 1e-3 and a 1/π-amplified step when drawn — measured final loss 13,351
+    against MeZO's 559 (seed 0, best lr of the grid).
+``port`` (§4.3, for comparison): a third-party port's reading.  Budget in
+    *tensors* (k = ⌊f·N⌋), π ∝ S (not √S) with c restricted to [0, 1/max p] —
+    which under-fills the budget when scores are uneven (Σπ = min(k, 1/max p));
+    credit r = |Δ|/G with G an EMA (0.9) of |Δ| from 1e-8 (updated before r is
+    formed [recon]), split among the sampled blocks by w_b ∝ ‖z_b‖²/π_b²:
+    S_b ← 0.9 S_b + 0.1 r w_b.  The port's unused "exploration α" is not invented.
+``contrast`` (our fix for §4.4's discrimination failure, see below): the
+    block's *own share* of Δ² as its score, β 0.02, and π ∈ [0.05, 0.95].
+
+Why the fix, and what it does not fix (§4.4; ``benchmarks/curvzo_synthetic.py``)
+-------------------------------------------------------------------------------
+With Gaussian z, E[Δ²‖z_b‖²/d_b | b sampled] = Σ_{b'∈S} ‖∇_b'‖² + 2‖∇_b‖²/d_b:
+every sampled block receives the *whole* Δ², and its own share enters only
+through the 2/d_b term.  Scores differ only through which blocks happen to
+share a step, so they stay nearly uniform, and the budget drifts up to
+≈ 0.59 because N_eff/N → 1.
+
+Poisson sampling gives the missing identity for free:
+E[Δ² | b ∈ S] − E[Δ² | b ∉ S] = ‖∇_b‖² exactly (other blocks' inclusion is
+independent of b's).  The ``contrast`` profile keeps two EMAs per block (of
+Δ²/G over the steps that sampled b, and over the steps that did not), takes
+share_b = max(in_b − out_b, 0) and scores S_b = share_b + ρ·mean(share) (ρ = 1:
+a block whose share is not detectable gets the average share rather than the
+floor); π = clip(c·√S_b, π_floor, 1 − π_floor) so both EMAs keep receiving data
+and 1/π ≤ 20.  The difference of two noisy means needs a longer EMA (β 0.02).
+Memory: one more scalar per block.
+
+Evidence (64 tensors × 16, 2 with 1000× curvature, 1000 steps = 2000 forward
+passes, lr grid 1.56e-6…5e-5 ×2, best lr each, mean of seeds 0-2):
+
+    method            final loss   hot/mean score   hot blocks' π̂   budget      fwd to 10 % of L₀
+    MeZO              568.7        –                1                –           510
+    curvzo/paper      586.7        1.07             0.63             0.40→0.58   482
+    curvzo/port       579.6        0.98             0.58             0.40→0.59   454
+    curvzo/contrast   608.1        2.68             0.83             0.40→0.56   462
+
+The contrast score finds the hot blocks (hot/mean 2.7 vs 1.0; they are drawn
+83 % of the steps vs 63 %) and every CurvZO profile gets the hot blocks down
+faster than MeZO early on — but at equal forward passes all three end *above*
+MeZO, the contrast profile furthest.  The final loss is almost entirely the
+cold blocks', and it ends above their initial loss for every method: while the
+hot blocks carry the gradient, Δ is dominated by them and every sampled cold
+block takes the step Δ·z_b/π_b.  Its expected step does not depend on π_b, but
+the noise it receives scales as E[Δ²]/π_b, so any π_b < 1 heats the cold blocks
+more than MeZO's π ≡ 1, and concentrating π on the hot blocks (lower π on the
+rest) heats them most.  With independent Poisson sampling and scalar
+feedback this is structural: sampling by score saves *direction generation*
+(``zo bench step-cost``), not forward passes, on this problem.  Whatever
+ships as CurvZO has to show its gain on real tasks; this benchmark does not
+show one.
+
+Implementation notes
+--------------------
+* Directions are generated only for the sampled blocks (the sampled sub-list
+  goes to :func:`~zoplatform.params.axpy_`), so a step's random-direction cost
+  is ∝ f; unsampled blocks are not touched at all (bit-identical).
+* ≥ 1 block: an empty Poisson draw is redrawn from the same generator.  The
+  realised inclusion probability is then π̃_b = π_b / (1 − P₀), P₀ = Π(1 − π_b),
+  and the HT weight uses π̃ so the estimator stays exactly unbiased (P₀ is
+  negligible with many blocks; with a single block π̃ = 1 and the step is MeZO's).
+* Coin flips come from a generator seeded by the step seed (stream
+  ``_SAMPLE_STREAM``), so ``step`` is a deterministic function of (state, seed,
+  losses, lr) and a trajectory replays bit-exactly.
+* Restore and update are fused as in MeZO (three passes over the sampled
+  directions): θ_b ← β_b·θ'_b + (ε β_b − η Δ/π̃_b)·z_b with θ' = θ − εz_b and
+  β_b = 1 − ηλ — the per-block HT scale s_b = 1/π̃_b folded into α_b.
+* Weight decay acts on the sampled blocks only (the spec's rule; its
+  expectation is π̃_b·λ).
+* ‖z_b‖² is accumulated while the first pass generates z (a tap on the
+  direction law), so the score costs no extra pass.
+
+Example — a quadratic over 8 tensors:
+
+>>> import torch, zoplatform
+>>> xs = [torch.nn.Parameter(torch.ones(4)) for _ in range(8)]
+>>> opt = zoplatform.optimizer("curvzo", [(f"x{i}", x) for i, x in enumerate(xs)], lr=0.02, eps=1e-3)
+>>> for _ in range(300):
+...     _ = opt.step(lambda: sum((x ** 2).sum() for x in xs))
+>>> bool(sum((x ** 2).sum() for x in xs) < 8.0)
+True
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+from pydantic import Field
+
+from ..config import StrictModel
+from ..errors import ConfigError
+from ..params import Block, axpy_
+from ..rng import DirectionLaw, block_seed, generator, name_key
+from ..types import StepRecord
+from .base import ZOMethod, as_float
+
+_SAMPLE_STREAM = 0xC0F1
+_SAMPLE_KEY = name_key("curvzo.poisson-sampling")
+PROFILES = ("paper", "port", "contrast")
+
+
+class CurvZOConfig(StrictModel):
+    """CurvZO hyperparameters (defaults: the paper profile of §4.2 and MeZO's protocol)."""
+
+    lr: float = Field(1e-6, gt=0, description="learning rate η ([recon] MeZO's grid {1e-6, 1e-7})")
+    eps: float = Field(1e-3, gt=0, description="perturbation scale ε")
+    weight_decay: float = Field(0.0, ge=0, description="λ, applied to sampled decayed blocks")
+    direction: Literal["gaussian", "rademacher", "pool"] = Field("gaussian", description="law of z")
+    chunk_size: int = Field(1 << 20, ge=1024, description="elements generated per chunk (scratch memory)")
+    profile: Literal["paper", "port", "contrast"] = Field(
+        "paper", description="paper (§4.2), port (§4.3, comparison) or contrast (own-share score + π floor)")
+    init_budget: float = Field(0.4, gt=0, le=1, description="f₀: initial budget (fraction of coordinates; "
+                                                           "of tensors in the port profile)")
+    budget_min: float = Field(0.1, gt=0, le=1, description="f_min")
+    budget_max: float = Field(0.8, gt=0, le=1, description="f_max")
+    adaptive_budget: bool = Field(True, description="adapt f every budget_every steps (False: the paper's "
+                                                    "fixed-budget ablation)")
+    budget_every: int = Field(20, ge=1, description="T_B: steps between budget updates")
+    budget_momentum: float = Field(0.9, ge=0, lt=1, description="μ: f ← μ·f + (1 − μ)·target")
+    budget_weight: float = Field(0.7, ge=0, le=1, description="α: weight of N_eff/N against 1 − H in the target")
+    score_ema: float | None = Field(None, gt=0, le=1, description="β: EMA weight of a new curvature signal; "
+                                                                  "None: 0.1 (paper, port) or 0.02 (contrast)")
+    score_init: float = Field(1.0, gt=0, description="S₀: initial score of every block")
+    score_normalise: bool = Field(True, description="paper/contrast: divide the signal by G, an EMA of Δ² "
+                                                    "([recon] the paper's 'normalised'; see the module doc)")
+    credit_ema: float = Field(0.9, ge=0, lt=1, description="κ: running scale G of the feedback, G ← κ·G + (1 − κ)·x "
+                                                           "(port: x = |Δ|, its credit normaliser; paper/contrast: "
+                                                           "x = Δ², the score normaliser)")
+    contrast_prior: float = Field(1.0, ge=0, description="contrast only: S_b = share_b + ρ·mean(share) "
+                                                         "(shrinks undetected shares toward the mean)")
+    pi_floor: float | None = Field(None, ge=0, lt=0.5, description="lower bound on π (upper bound 1 − floor); "
+                                                                   "None: 0 for paper/port, 0.05 for contrast")
+
+
+class _NormTap(DirectionLaw):
+    """Wraps a direction law and accumulates ‖z‖² of what it generates."""
+
+    def __init__(self, law: DirectionLaw):
+        self.law, self.name, self.sq = law, law.name, 0.0
+
+    def fill_(self, out, g):
+        z = self.law.fill_(out, g)
+        self.sq += float(torch.dot(z, z))
+        return z
+
+
+def meet_budget(q: torch.Tensor, d: torch.Tensor, target: float, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+    """π_b = clip(c·q_b, lo, hi) with c ≥ 0 chosen so that Σ_b d_b·π_b = target.
+
+    Σ d·clip(c q) is piecewise linear and non-decreasing in c: bisection finds
+    the piece, then c is solved in closed form on it, so the budget is met to
+    rounding.  Blocks with q_b = 0 get ``lo``; all-zero q means uniform.
+    """
+    q, d = q.double(), d.double()
+    if float(q.max()) <= 0.0:
+        q = torch.ones_like(q)
+    total = float(d.sum())
+    if target >= hi * total:
+        return torch.full_like(q, hi)
+    if target <= lo * total:
+        return torch.full_like(q, lo)
+
+    def filled(c: float) -> float:
+        return float((d * (c * q).clamp(lo, hi)).sum())
+
+    c_lo, c_hi = 0.0, hi / float(q[q > 0].min())
+    if filled(c_hi) <= target:  # zero-score blocks cap the fill: every positive one saturates
+        return (c_hi * q).clamp(lo, hi)
+    for _ in range(200):
+        mid = 0.5 * (c_lo + c_hi)
+        if filled(mid) < target:
+            c_lo = mid
+        else:
+            c_hi = mid
+        if c_hi - c_lo <= 1e-15 * c_hi:
+            break
+    c = c_hi
+    # closed form on the linear piece that contains the solution
+    cq = c * q
+    free = (cq > lo) & (cq < hi)
+    if bool(free.any()):
+        fixed = float((d * cq.clamp(lo, hi))[~free].sum())
+        c_exact = (target - fixed) / float((d * q)[free].sum())
+        cand = c_exact * q
+        if bool(((cand > lo) & (cand < hi) == free).all()):
+            c = c_exact
+    return (c * q).clamp(lo, hi)
+
+
+def port_inclusion(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The port's π = c·p with p = S/ΣS and c = min(k, 1/max p) (its bisection's
+    fixed point): Σπ = min(k, 1/max p) tensors — under-filled when scores are uneven."""
+    p = scores.double() / scores.double().sum()
+    return (min(float(k), 1.0 / float(p.max())) * p).clamp(max=1.0)
+
+
+def budget_stats(scores: torch.Tensor) -> tuple[float, float]:
+    """(N_eff/N, H): effective support (Σ√v)²/Σv over N and normalised entropy of v/Σv, v = S/mean S."""
+    n = scores.numel()
+    v = scores.double() / scores.double().mean().clamp_min(1e-300)
+    n_eff = float(v.sqrt().sum() ** 2 / v.sum())
+    p = v / v.sum()
+    h = float(-(p * p.clamp_min(1e-300).log()).sum() / math.log(n)) if n > 1 else 1.0
+    return n_eff / n, h
+
+
+class CurvZO(ZOMethod):
+    """CurvZO with the ``paper`` (default), ``port`` and ``contrast`` profiles."""
+
+    name = "curvzo"
+    paper = "Wang, Chen, Tang, CurvZO, ICML 2026, arXiv:2603.21725"
+    Config = CurvZOConfig
+
+    def __init__(self, config=None, **hyper):
+        super().__init__(config, **hyper)
+        c = self.config
+        if not c.budget_min <= c.init_budget <= c.budget_max:
+            raise ConfigError(f"{self.name}: init_budget={c.init_budget} must lie in "
+                              f"[budget_min={c.budget_min}, budget_max={c.budget_max}]")
+        if self.pi_floor > c.budget_min:
+            raise ConfigError(f"{self.name}: pi_floor={self.pi_floor} exceeds budget_min={c.budget_min}: "
+                              "the floor alone would overfill the budget")
+
+    @property
+    def score_ema(self) -> float:
+        if self.config.score_ema is not None:
+            return self.config.score_ema
+        return 0.02 if self.config.profile == "contrast" else 0.1
+
+    @property
+    def pi_floor(self) -> float:
+        if self.config.pi_floor is not None:
+            return self.config.pi_floor
+        return 0.05 if self.config.profile == "contrast" else 0.0
+
+    # -- state ------------------------------------------------------------------
+    def init(self, blocks):
+        c, n = self.config, len(blocks)
+        state = {
+            "t": 0,
+            "budget": float(c.init_budget),
+            "scores": torch.full((n,), c.score_init, dtype=torch.float64),
+            "counts": torch.zeros(n, dtype=torch.int64),
+            "trace": torch.zeros(0, 4, dtype=torch.float64),  # rows: (step, f, N_eff/N, H) at budget updates
+        }
+        state["norm"] = 1e-8 if c.profile == "port" else 0.0  # G (0: set from the first Δ²)
+        if c.profile == "contrast":
+            state["scores_out"] = torch.full((n,), c.score_init, dtype=torch.float64)
+        return state
+
+    def effective_scores(self, state) -> torch.Tensor:
+        """The scores sampling and the budget use (the contrast profile's in − out)."""
+        if self.config.profile == "contrast":
+            share = (state["scores"] - state["scores_out"]).clamp_min(0.0)
+            return share + self.config.contrast_prior * share.mean()
+        return state["scores"]
+
+    # -- sampling ---------------------------------------------------------------
+    def inclusion(self, state, blocks) -> torch.Tensor:
+        """Target inclusion probabilities π_b (they meet the budget)."""
+        c = self.config
+        d = torch.tensor([b.numel for b in blocks], dtype=torch.float64)
+        s = self.effective_scores(state).clamp_min(1e-300)  # numerical guard only
+        if c.profile == "port":
+            k = max(1, math.floor(state["budget"] * len(blocks)))
+            return port_inclusion(s, k)
+        lo = self.pi_floor
+        return meet_budget(s.sqrt(), d, state["budget"] * float(d.sum()), lo, 1.0 - lo)
+
+    @staticmethod
+    def realised(pi: torch.Tensor) -> torch.Tensor:
+        """Inclusion probabilities under the ≥ 1-block rule: π / (1 − Π(1 − π))."""
+        p_empty = float(torch.exp(torch.log1p(-pi.clamp(max=1.0)).sum())) if bool((pi < 1).all()) else 0.0
+        return pi / (1.0 - p_empty)
+
+    @staticmethod
+    def sample(pi: torch.Tensor, seed: int) -> list[int]:
+        """Poisson sampling from the step seed; an empty draw is redrawn."""
+        g = generator(block_seed(seed, _SAMPLE_KEY, _SAMPLE_STREAM))
+        for _ in range(100_000):
+            hit = torch.rand(pi.numel(), dtype=torch.float64, generator=g) < pi
+            if bool(hit.any()):
+                return hit.nonzero().view(-1).tolist()
+        return [int(pi.argmax())]  # only reachable with every π ≈ 0
+
+    # -- the step ---------------------------------------------------------------
+    def step(self, state, blocks, closure, seed, lr):
+        c = self.config
+        t = int(state["t"])
+        # 1. inclusion probabilities (budget met) and the Poisson draw (≥ 1 block)
+        pi = self.inclusion(state, blocks)
+        pi_real = self.realised(pi)
+        idx = self.sample(pi, seed)
+        sub = [blocks[i] for i in idx]
+        # 2. L± at θ ± ε z_S; the first pass also measures ‖z_b‖² of each sampled block
+        zsq = []
+        for b in sub:
+            tap = _NormTap(self.law)
+            axpy_([b], seed, tap, self.scratch, c.eps)
+            zsq.append(tap.sq)
+        loss_plus = as_float(closure())
+        axpy_(sub, seed, self.law, self.scratch, -2.0 * c.eps)
+        loss_minus = as_float(closure())
+        # 3. projected gradient
+        delta = (loss_plus - loss_minus) / (2.0 * c.eps)
+        # 4. restore + decay + Horvitz–Thompson step, fused: α_b = εβ_b − ηΔ/π̃_b
+        betas = [1.0 - lr * c.weight_decay if b.decay else 1.0 for b in sub]
+        alphas = [c.eps * beta - lr * delta / float(pi_real[i]) for beta, i in zip(betas, idx)]
+        axpy_(sub, seed, self.law, self.scratch, alphas, beta=betas)
+        # 5. curvature scores of the sampled blocks (and the contrast profile's "out" EMA)
+        new = dict(state)
+        new["scores"], extra_state = self._update_scores(state, blocks, idx, zsq, pi, delta)
+        new.update(extra_state)
+        counts = state["counts"].clone()
+        counts[idx] += 1
+        new["counts"], new["t"] = counts, t + 1
+        # 6. budget, every T_B steps
+        frac, ent = budget_stats(self.effective_scores(new))
+        if c.adaptive_budget and (t + 1) % c.budget_every == 0:
+            target = c.budget_min + (c.budget_max - c.budget_min) * (
+                c.budget_weight * frac + (1.0 - c.budget_weight) * (1.0 - ent))
+            f = c.budget_momentum * state["budget"] + (1.0 - c.budget_momentum) * target
+            new["budget"] = min(c.budget_max, max(c.budget_min, f))
+            row = torch.tensor([[t + 1, new["budget"], frac, ent]], dtype=torch.float64)
+            new["trace"] = torch.cat([state["trace"], row])
+        total = sum(b.numel for b in blocks)
+        extra = {
+            "budget": state["budget"],                      # f used by this step
+            "n_eff": frac * len(blocks),                    # effective support of the scores
+            "score_entropy": ent,                           # H ∈ [0, 1]
+            "sampled_blocks": len(idx),
+            "sampled_frac": sum(b.numel for b in sub) / total,  # realised coordinate fraction
+        }
+        return new, StepRecord(seed, (loss_plus, loss_minus), lr, (delta,), extra)
+
+    def _update_scores(self, state, blocks, idx: list[int], zsq: list[float], pi: torch.Tensor, delta: float):
+        """New scores (and auxiliary state) after a step that sampled ``idx`` and measured Δ."""
+        c = self.config
+        s = state["scores"].clone()
+        beta, kappa, d2 = self.score_ema, c.credit_ema, delta * delta
+        if c.profile == "port":
+            # credit r = |Δ| / G, G an EMA of |Δ|, split by w_b ∝ ‖z_b‖²/π_b² over the sampled blocks
+            norm = kappa * state["norm"] + (1.0 - kappa) * abs(delta)
+            r = abs(delta) / norm
+            w = torch.tensor([sq / float(pi[i]) ** 2 for i, sq in zip(idx, zsq)], dtype=torch.float64)
+            w = w / w.sum() if float(w.sum()) > 0 else torch.full_like(w, 1.0 / len(idx))
+            for j, i in enumerate(idx):
+                s[i] = (1.0 - beta) * s[i] + beta * r * float(w[j])
+            return s, {"norm": norm}
+        # G: running mean of Δ², so the signal is O(1) like S₀ and comparable across training time
+        norm = d2 if state["norm"] == 0.0 else kappa * state["norm"] + (1.0 - kappa) * d2
+        scale = (1.0 / norm if norm > 0 else 0.0) if c.score_normalise else 1.0
+        if c.profile == "paper":
+            for i, sq in zip(idx, zsq):
+                s[i] = (1.0 - beta) * s[i] + beta * d2 * scale * sq / blocks[i].numel
+            return s, {"norm": norm}
+        # contrast: E[Δ² | b ∈ S] and E[Δ² | b ∉ S], each an EMA over its own steps
+        hit = torch.zeros(len(blocks), dtype=torch.bool)
+        hit[idx] = True
+        out = state["scores_out"]
+        s = torch.where(hit, (1.0 - beta) * s + beta * d2 * scale, s)
+        out = torch.where(hit, out, (1.0 - beta) * out + beta * d2 * scale)
+        return s, {"norm": norm, "scores_out": out}
+
+    # -- end-of-run artifacts ---------------------------------------------------
+    def report(self, state, blocks: Sequence[Block], out_dir) -> list:
+        """``curvzo_blocks.png`` (sampled-count histogram, scores and π per block,
+        budget trace) and ``curvzo_blocks.csv``; returns their paths."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        counts = state["counts"].double()
+        steps = max(int(state["t"]), 1)
+        scores = self.effective_scores(state)
+        pi = self.inclusion(state, blocks)
+        csv = out_dir / "curvzo_blocks.csv"
+        lines = ["block,numel,score,pi,sampled_count,sampled_rate"]
+        lines += [f"{b.name},{b.numel},{float(scores[i]):.6g},{float(pi[i]):.6g},{int(counts[i])},"
+                  f"{float(counts[i]) / steps:.6g}" for i, b in enumerate(blocks)]
+        csv.write_text("\n".join(lines) + "\n")
+
+        fig, ax = plt.subplots(3, 1, figsize=(10, 9))
+        x = range(len(blocks))
+        ax[0].bar(x, (counts / steps).tolist(), width=1.0, color="tab:blue")
+        ax[0].plot(x, pi.tolist(), "k.", ms=3, label="final π")
+        ax[0].set(ylabel="sampled fraction of steps", title=f"CurvZO ({self.config.profile}) after {steps} steps")
+        ax[0].legend(loc="upper right")
+        ax[1].bar(x, (scores / scores.mean().clamp_min(1e-300)).tolist(), width=1.0, color="tab:orange")
+        ax[1].set(ylabel="score / mean score", xlabel="block index (model order)")
+        ax[1].set_yscale("log")
+        tr = state["trace"]
+        if tr.numel():
+            ax[2].plot(tr[:, 0].tolist(), tr[:, 1].tolist(), label="budget f")
+            ax[2].plot(tr[:, 0].tolist(), tr[:, 2].tolist(), label="N_eff / N")
+            ax[2].plot(tr[:, 0].tolist(), tr[:, 3].tolist(), label="entropy H")
+            ax[2].legend(loc="best")
+        ax[2].set(xlabel="step", ylabel="fraction")
+        fig.tight_layout()
+        png = out_dir / "curvzo_blocks.png"
+        fig.savefig(png, dpi=100)
+        plt.close(fig)
+        return [png, csv]
