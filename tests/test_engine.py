@@ -181,3 +181,13 @@ def test_bad_hyperparameters_fail_at_construction():
 def test_registry_rejects_a_name_clash():
     with pytest.raises(ValueError, match="already registered"):
         zoplatform.register(zoplatform.MeZO)
+
+
+def test_a_step_under_inference_mode_then_outside_it():
+    """Scratch buffers first allocated under inference_mode stay usable outside it."""
+    x = torch.nn.Parameter(torch.ones(10))
+    opt = zoplatform.optimizer("mezo", [("x", x)], lr=0.01, eps=1e-3)
+    with torch.inference_mode():
+        opt.step(lambda: (x ** 2).sum())
+    opt.step(lambda: (x ** 2).sum())
+    assert opt.steps == 2

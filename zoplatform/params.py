@@ -87,7 +87,10 @@ class Scratch:
     def get(self, device: torch.device, n: int) -> torch.Tensor:
         buf = self._bufs.get(device)
         if buf is None:
-            buf = self._bufs[device] = torch.empty(self.chunk, dtype=torch.float32, device=device)
+            # a normal tensor even when first needed under inference_mode, so it
+            # stays usable in place outside it (e.g. a step under no_grad later)
+            with torch.inference_mode(False):
+                buf = self._bufs[device] = torch.empty(self.chunk, dtype=torch.float32, device=device)
         return buf[:n]
 
 

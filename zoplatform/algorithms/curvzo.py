@@ -85,7 +85,10 @@ Implementation notes
 --------------------
 * Directions are generated only for the sampled blocks (the sampled sub-list
   goes to :func:`~zoplatform.params.axpy_`), so a step's random-direction cost
-  is ∝ f; unsampled blocks are not touched at all (bit-identical).
+  is ∝ f; unsampled blocks are not touched at all (bit-identical).  Measured
+  with ``zo bench step-cost`` on SmolLM2-135M (CPU, 1 thread, batch 8,
+  gaussian; forward 0.51 s, one dense direction pass 0.34 s): a step takes
+  1.10 / 1.61 / 1.97 s at budgets 0.1 / 0.4 / 0.8 against MeZO's 2.05 s.
 * ≥ 1 block: an empty Poisson draw is redrawn from the same generator.  The
   realised inclusion probability is then π̃_b = π_b / (1 − P₀), P₀ = Π(1 − π_b),
   and the HT weight uses π̃ so the estimator stays exactly unbiased (P₀ is
