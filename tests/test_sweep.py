@@ -5,11 +5,6 @@ rejected before Ray starts."""
 import json
 import os
 import secrets
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,6 +12,7 @@ from click.testing import CliRunner
 
 import zoplatform
 from pipelines.cli import main as cli
+from tests.conftest import mlflow_server
 from zoplatform.data import resolve_data_dir
 
 try:
@@ -238,34 +234,9 @@ def test_crashed_trial_is_retried_from_its_checkpoint_to_the_same_weights(tmp_pa
     assert s["best"]["test_accuracy"] == ref["test_accuracy"]
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_template, ray_session):
-    import shutil
-
-    shutil.copy(mlflow_template, tmp_path / "server.db")  # already migrated: the server starts sooner
-    port = _free_port()
-    exe = Path(sys.executable).parent / "mlflow"
-    proc = subprocess.Popen([str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-                             "--artifacts-destination", str(tmp_path / "artifacts")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("mlflow server did not become healthy")
-                time.sleep(0.5)
+    with mlflow_server(tmp_path, db_template=mlflow_template) as uri:
         code, s, out = sweep(tmp_path, "--trials", "1", "--scheduler", "none", uri=uri)
         assert code == 0 and s["status"] == "finished" and s["tracking_uri"] == uri, out
         c, parent, children = runs_of(uri, s["parent_run_id"])
@@ -273,9 +244,6 @@ def test_sweep_against_a_real_mlflow_server(tmp_path, mlflow_template, ray_sessi
         assert all(r.info.status == "FINISHED" and "dev_accuracy" in r.data.metrics for r in children)
         assert "results.csv" in {a.path for a in c.list_artifacts(parent.info.run_id)}
         assert not (tmp_path / "mlflow.db").exists()  # nothing went to a throwaway local store
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=20)
 
 
 @pytest.mark.slow
