@@ -848,6 +848,10 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
     if resume and cfg.backend == "ray" and not (sweep_dir / "tuner.pkl").is_file():
         raise ConfigError(f"--resume: {sweep_dir} holds no Ray Tune experiment to restore; start a new sweep "
                           f"with another --name")
+    from zoplatform.models import PACKAGED, prepare_packaged
+
+    if cfg.model in PACKAGED:  # once on the driver, not by every trial at the same time
+        prepare_packaged(cfg.model)
     uri = resolve_tracking_uri(cfg.tracking_uri)
 
     # 2. driver state: sweep dir, MLflow experiment and parent run ----------------

@@ -323,6 +323,8 @@ def prepare_packaged(name: str, cache_dir: str | os.PathLike | None = None,
         marker = {"name": name, "package": pm.package, "source": str(pkg),
                   "description": pm.description, "prepared_at": time.time()}
         (tmp / MARKER).write_text(json.dumps(marker, indent=1))
+        if _is_prepared(final) and not force:
+            return final  # another process (e.g. a parallel sweep trial) finished first: keep its copy
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
