@@ -323,7 +323,7 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
                             history.steps_done)
         return summary
     except KeyboardInterrupt:
-        status, reason = "KILLED", f"interrupted (SIGINT); continue with: zo finetune --resume --out-dir {out_dir}"
+        status, reason = "KILLED", f"interrupted (SIGINT/SIGTERM); continue with: zo finetune --resume --out-dir {out_dir}"
         if checkpoint is not None:
             checkpoint()
         raise

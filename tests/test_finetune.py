@@ -3,6 +3,7 @@ trajectory replay on a language model, bad input at the CLI."""
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,27 @@ def test_zo_eval_applies_a_trajectory_checkpoint(tmp_path):
     zs = json.loads(CliRunner().invoke(cli, ["eval", "--model", "tiny:llama", "--task", "sst2", "--num-train", "48",
                                              "--num-dev", "16", "--num-test", "24", "--json"]).output.splitlines()[-1])
     assert zs["accuracy"] == s["zero_shot_test_accuracy"]
+
+
+@needs_data
+def test_sigterm_ends_the_run_killed_with_its_checkpoint(tmp_path):
+    """`kill <pid>` (or a scheduler's SIGTERM) loses nothing: trajectory saved, MLflow run KILLED."""
+    import signal
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exe = Path(sys.executable).parent / "zo"
+    out = tmp_path / "run"
+    proc = subprocess.Popen([str(exe), "finetune", "--model", "tiny:llama", "--task", "sst2", "--steps", "100000",
+                             "--num-train", "32", "--num-dev", "8", "--num-test", "8", "--batch-size", "4",
+                             "--eval-every", "5", "--tracking-uri", uri, "--out-dir", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "stderr.txt").open("w"))
+    deadline = time.time() + 120
+    while not (out / "trajectory.jsonl").is_file():
+        assert time.time() < deadline and proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    state = json.loads((out / "state.json").read_text())
+    r = client(uri).get_run(state["run_id"])
+    assert r.info.status == "KILLED" and "SIGTERM" in r.data.tags["zo.end_reason"]
+    assert len(zoplatform.Trajectory.load(out / "trajectory.jsonl").records) >= state["history"]["steps_done"] >= 5
