@@ -228,3 +228,10 @@ def test_sigterm_ends_the_run_killed_with_its_checkpoint(tmp_path):
     r = client(uri).get_run(state["run_id"])
     assert r.info.status == "KILLED" and "SIGTERM" in r.data.tags["zo.end_reason"]
     assert len(zoplatform.Trajectory.load(out / "trajectory.jsonl").records) >= state["history"]["steps_done"] >= 5
+
+
+@needs_data
+def test_head_protocol_run_on_an_encoder(tmp_path):
+    s = run(load_config(None, TINY | dict(model="tiny:bert", task="rte", steps=4, tracking=False,
+                                          out_dir=str(tmp_path / "h"))))
+    assert s["forward_passes"] == 8 and 0.0 <= s["test_accuracy"] <= 1.0
