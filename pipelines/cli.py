@@ -69,6 +69,7 @@ def finetune_options(f):
         click.option("--lora/--no-lora", default=None), click.option("--lora-r", type=int),
         click.option("--device", type=str), click.option("--dtype", type=str),
         click.option("--select", type=str, help="best (dev) or last step for the test evaluation"),
+        click.option("--zero-shot/--no-zero-shot", default=None, help="evaluate the base model on test first (default on)"),
         click.option("--tracking-uri", type=str), click.option("--experiment", type=str),
         click.option("--run-name", type=str), click.option("--out-dir", type=str),
         click.option("--resume", is_flag=True, default=None, help="continue the run in --out-dir from its trajectory"),

@@ -235,3 +235,13 @@ def test_head_protocol_run_on_an_encoder(tmp_path):
     s = run(load_config(None, TINY | dict(model="tiny:bert", task="rte", steps=4, tracking=False,
                                           out_dir=str(tmp_path / "h"))))
     assert s["forward_passes"] == 8 and 0.0 <= s["test_accuracy"] <= 1.0
+
+
+@needs_data
+def test_no_zero_shot_flag_skips_the_base_evaluation(tmp_path):
+    res = CliRunner().invoke(cli, ["finetune", "--model", "tiny:llama", "--task", "sst2", "--steps", "2",
+                                   "--num-train", "16", "--num-dev", "4", "--num-test", "4", "--batch-size", "4",
+                                   "--no-tracking", "--no-zero-shot", "--out-dir", str(tmp_path / "o"), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert "zero_shot_test_accuracy" not in out and out["forward_passes"] == 4
