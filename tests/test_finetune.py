@@ -243,5 +243,5 @@ def test_no_zero_shot_flag_skips_the_base_evaluation(tmp_path):
                                    "--num-train", "16", "--num-dev", "4", "--num-test", "4", "--batch-size", "4",
                                    "--no-tracking", "--no-zero-shot", "--out-dir", str(tmp_path / "o"), "--json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output.strip().splitlines()[-1])
+    out = json.loads(res.stdout.strip().splitlines()[-1])  # the JSON summary is stdout's last line
     assert "zero_shot_test_accuracy" not in out and out["forward_passes"] == 4
