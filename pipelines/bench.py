@@ -50,11 +50,11 @@ def _median_time(fn, repeats: int, warmup: int = 1) -> float:
 
 def _setup(model, task, batch_size, device, dtype, data_dir, protocol=None):
     from zoplatform.data import get_task, resolve_data_dir, sample_splits
-    from zoplatform.models import load_model
+    from zoplatform.models import default_protocol, load_model
     from zoplatform.objectives import make_scorer
 
     t = get_task(task)
-    protocol = protocol or ("head" if model in {"tiny:bert", "minilm-l6"} else "prompt")
+    protocol = protocol or default_protocol(model)
     splits = sample_splits(task, data_dir=resolve_data_dir(data_dir), num_train=batch_size, num_dev=1, num_test=1,
                            seed=0)
     m, tok = load_model(model, dtype=dtype, device=device, protocol=protocol, num_labels=t.num_labels)

@@ -15,7 +15,7 @@ def run_eval(*, model: str, task: str, trajectory: str | None = None, split: str
     import zoplatform
     from zoplatform.data import get_task, resolve_data_dir, sample_splits
     from zoplatform.loop import evaluate
-    from zoplatform.models import check_spec, load_model
+    from zoplatform.models import check_spec, default_protocol, load_model
     from zoplatform.objectives import make_scorer
     from zoplatform.trajectory import Trajectory, layout_digest
 
@@ -28,7 +28,7 @@ def run_eval(*, model: str, task: str, trajectory: str | None = None, split: str
     data_dir = resolve_data_dir(data_dir)
     num_train, num_dev = split_sizes(task, data_dir, num_train, num_dev)
     splits = sample_splits(task, data_dir=data_dir, num_train=num_train, num_dev=num_dev, num_test=num_test, seed=seed)
-    protocol = protocol or ("head" if model in {"tiny:bert", "minilm-l6"} else "prompt")
+    protocol = protocol or default_protocol(model)
     m, tok = load_model(model, dtype=dtype, device=device, protocol=protocol, num_labels=t.num_labels, seed=seed)
     if traj is not None:
         blocks = zoplatform.model_blocks(m)

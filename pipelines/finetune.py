@@ -174,7 +174,7 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
     import zoplatform
     from zoplatform.data import sample_splits
     from zoplatform.loop import FOStepper, History, ZOStepper, evaluate, lr_lambda, peak_memory_bytes, train
-    from zoplatform.models import load_model
+    from zoplatform.models import default_protocol, load_model
     from zoplatform.objectives import make_scorer
     from zoplatform.tracking import NullTracker, mlflow_tracker
     from zoplatform.trajectory import Trajectory, layout_digest
@@ -208,7 +208,7 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
     checkpoint = None
     try:
         # 3. model and objective -------------------------------------------
-        protocol = cfg.protocol or ("head" if cfg.model in {"tiny:bert", "minilm-l6"} else "prompt")
+        protocol = cfg.protocol or default_protocol(cfg.model)
         lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha} if cfg.lora else None
         model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, protocol=protocol,
                                 num_labels=task.num_labels, lora=lora, seed=cfg.seed)

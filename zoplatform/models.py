@@ -429,6 +429,13 @@ def _apply_lora(model, lora: dict, protocol: str, seed: int):
 # --------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------
+def default_protocol(spec: str) -> str:
+    """The protocol a model is used with when none is asked for: the first one
+    its fixture/packaged entry supports (``head`` for encoders), else ``prompt``."""
+    entry = TINY.get(spec) or PACKAGED.get(spec)
+    return entry.protocols[0] if entry is not None else "prompt"
+
+
 def check_spec(spec: str, dtype: str = "float32", device: str = "cpu") -> str:
     """Cheap validation of a model spec, dtype and device (no loading): returns
     the kind — ``tiny``, ``packaged``, ``local`` or ``hub`` — or raises ZOError."""
