@@ -464,6 +464,7 @@ def machine_line(device: str) -> str:
 def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
     """Plan, run what is missing, report.  Returns the JSON summary."""
     from zoplatform.models import PACKAGED, prepare_packaged
+    from zoplatform.tracking import ending
     from zoplatform.tracking.mlflow import MlflowTracker, resolve_tracking_uri
 
     t0 = time.perf_counter()
@@ -499,8 +500,7 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
         print(f"[{n_done[0]}/{len(specs)}] {spec.task} {spec.label} seed {spec.seed}: {spec.status} {msg}",
               file=sys.stderr, flush=True)
 
-    status, reason = "FAILED", None
-    try:
+    with ending(parent, "interrupted; rerun the same command to continue (finished runs are reused)") as run_end:
         done = sum(s.status == "done" for s in specs)
         print(f"compare: {len(specs)} runs, {done} already done, {len(todo)} to run, backend {cfg.backend}",
               file=sys.stderr, flush=True)
@@ -523,20 +523,13 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
             update_readme(Path(cfg.update_readme), md, recipe)
         failed = [r for r in runs if r["status"] == "failed"]
         missing = [r for r in runs if r["status"] in ("new", "resume")]
-        status = "FINISHED" if not failed else "FAILED"
-        reason = None if not failed else f"{len(failed)} run(s) failed; rerun the same command to retry them"
+        if failed:
+            run_end.status = "FAILED"
+            run_end.reason = f"{len(failed)} run(s) failed; rerun the same command to retry them"
         outcome = "failed" if failed else "partial" if missing else "finished"
         return {"status": outcome, "runs": len(specs), "failed": len(failed), "missing": len(missing),
                 "aggregate": agg, "parent_run_id": parent.run_id, "tracking_uri": uri, "out": str(out),
                 "artifacts": [str(f) for f in files], "wall_time_s": round(time.perf_counter() - t0, 2)}
-    except KeyboardInterrupt:
-        status, reason = "KILLED", "interrupted; rerun the same command to continue (finished runs are reused)"
-        raise
-    except BaseException as e:  # noqa: BLE001 - the parent run ends FAILED with the reason
-        reason = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        parent.end(status, reason)
 
 
 def load_compare_config(data: dict[str, Any], configs_file: str | None) -> CompareConfig:

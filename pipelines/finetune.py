@@ -188,7 +188,7 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
     from zoplatform.loop import FOStepper, History, ZOStepper, evaluate, lr_lambda, peak_memory_bytes, train
     from zoplatform.models import default_protocol, load_model
     from zoplatform.objectives import make_scorer
-    from zoplatform.tracking import NullTracker, mlflow_tracker
+    from zoplatform.tracking import NullTracker, ending, mlflow_tracker
     from zoplatform.trajectory import Trajectory, layout_digest
 
     t_start = time.perf_counter()
@@ -217,9 +217,9 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
         params["method_config"] = method.config.model_dump()
     tracker.start(params, tags={"task": cfg.task, "model": cfg.model, "method": cfg.method, "zo.kind": "finetune",
                                 "host": platform.node(), "data_note": splits.note})
-    status, reason = "FINISHED", None
     checkpoint = None
-    try:
+    with ending(tracker, f"interrupted (SIGINT/SIGTERM); continue with: zo finetune --resume --out-dir {out_dir}",
+                on_interrupt=lambda: checkpoint is not None and checkpoint()):
         # 3. model and objective -------------------------------------------
         protocol = cfg.protocol or default_protocol(cfg.model)
         lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha} if cfg.lora else None
@@ -341,13 +341,3 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
         tracker.log_metrics({"peak_memory_mb": summary["peak_memory_mb"], "wall_time_s": summary["wall_time_s"]},
                             history.steps_done)
         return summary
-    except KeyboardInterrupt:
-        status, reason = "KILLED", f"interrupted (SIGINT/SIGTERM); continue with: zo finetune --resume --out-dir {out_dir}"
-        if checkpoint is not None:
-            checkpoint()
-        raise
-    except BaseException as e:  # noqa: BLE001 - any failure ends the run FAILED with the reason
-        status, reason = "FAILED", f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        tracker.end(status, reason)

@@ -121,7 +121,7 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
     from meta.registry import register_policy as register_in_mlflow
     from zoplatform.models import load_model
     from zoplatform.objectives import make_scorer
-    from zoplatform.tracking import NullTracker, mlflow_tracker
+    from zoplatform.tracking import NullTracker, ending, mlflow_tracker
 
     t_start = time.perf_counter()
     # 1. validate everything cheap first ------------------------------------
@@ -137,8 +137,7 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
     params["num_train_per_task"] = {t: len(s.train) for t, s in splits.items()}
     tracker.start(params, tags={"model": cfg.model, "tasks": ",".join(cfg.tasks), "zo.kind": "meta-train",
                                 "method": "zo-finetuner", "host": platform.node()})
-    status, reason = "FINISHED", None
-    try:
+    with ending(tracker, "interrupted (SIGINT/SIGTERM)"):
         # 3. model (fp32: §5.2) and objective --------------------------------
         model, tok = load_model(cfg.model, dtype="float32", device=cfg.device, protocol="prompt", seed=cfg.seed)
         scorer = make_scorer(model, tok, protocol="prompt", max_length=cfg.max_length)
@@ -180,11 +179,3 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
         summary["wall_time_s"] = round(time.perf_counter() - t_start, 2)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         return summary
-    except KeyboardInterrupt:
-        status, reason = "KILLED", "interrupted (SIGINT/SIGTERM)"
-        raise
-    except BaseException as e:
-        status, reason = "FAILED", f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        tracker.end(status, reason)

@@ -833,6 +833,7 @@ def make_plots(rows: list[dict], objectives, imps: dict[str, float], out: Path) 
 # =========================================================================== the recipe
 def run(cfg: SweepConfig) -> dict[str, Any]:
     """Run (or, with ``resume``, continue) a sweep; returns the JSON summary."""
+    from zoplatform.tracking import ending
     from zoplatform.tracking.mlflow import MlflowTracker, resolve_tracking_uri
 
     t0 = time.perf_counter()
@@ -871,76 +872,69 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
         parent.set_tags({"zo.resumed": str(int(time.time()))})
     ctx = {"tracking_uri": uri, "parent_run_id": parent.run_id, "trials_dir": str(sweep_dir / "trials")}
 
-    status, reason = "FAILED", None
     started_ray = False
     try:
-        # 3-4. the trials, on one backend --------------------------------------
-        if cfg.backend == "ray":
-            started_ray = _ray_connect()
-            rows, interrupted = run_ray(cfg, space, resources, objectives, sweep_dir, ctx, resume)
-        else:
-            rows, interrupted = run_optuna(cfg, space, objectives, sweep_dir, ctx, resume)
+        with ending(parent, _resume_hint(cfg)) as run_end:
+            # 3-4. the trials, on one backend --------------------------------------
+            if cfg.backend == "ray":
+                started_ray = _ray_connect()
+                rows, interrupted = run_ray(cfg, space, resources, objectives, sweep_dir, ctx, resume)
+            else:
+                rows, interrupted = run_optuna(cfg, space, objectives, sweep_dir, ctx, resume)
 
-        # 5. results: table, best config, plots, importances -> parent-run artifacts
-        out = sweep_dir / "results"
-        out.mkdir(exist_ok=True)
-        best = pick_best(rows, objectives)
-        front = pareto_front(rows, objectives) if len(objectives) > 1 else []
-        try:
-            imps = importances(rows, space, objectives)
-        except Exception as e:  # noqa: BLE001 - too few or constant trials: no importances, say why
-            imps = {}
-            parent.set_tags({"zo.importances": f"not computed: {type(e).__name__}: {e}"[:500]})
-        files = [write_table(rows, space, out / "results.csv")]
-        (out / "results.json").write_text(json.dumps([{k: v for k, v in r.items()} for r in rows], indent=1))
-        files.append(out / "results.json")
-        if best is not None:
-            ft = trial_finetune_config(cfg, best["params"], out_dir=Path(best["trial_dir"]), resume=False,
-                                       run_name=f"{sweep_dir.name}-best", tracking_uri=None, parent_run_id=None)
-            best_cfg = ft.model_dump(exclude={"out_dir", "resume", "tracking_uri", "parent_run_id", "run_name",
-                                              "progress", "tracking"})
-            import yaml
+            # 5. results: table, best config, plots, importances -> parent-run artifacts
+            out = sweep_dir / "results"
+            out.mkdir(exist_ok=True)
+            best = pick_best(rows, objectives)
+            front = pareto_front(rows, objectives) if len(objectives) > 1 else []
+            try:
+                imps = importances(rows, space, objectives)
+            except Exception as e:  # noqa: BLE001 - too few or constant trials: no importances, say why
+                imps = {}
+                parent.set_tags({"zo.importances": f"not computed: {type(e).__name__}: {e}"[:500]})
+            files = [write_table(rows, space, out / "results.csv")]
+            (out / "results.json").write_text(json.dumps([{k: v for k, v in r.items()} for r in rows], indent=1))
+            files.append(out / "results.json")
+            if best is not None:
+                ft = trial_finetune_config(cfg, best["params"], out_dir=Path(best["trial_dir"]), resume=False,
+                                           run_name=f"{sweep_dir.name}-best", tracking_uri=None, parent_run_id=None)
+                best_cfg = ft.model_dump(exclude={"out_dir", "resume", "tracking_uri", "parent_run_id", "run_name",
+                                                  "progress", "tracking"})
+                import yaml
 
-            (out / "best_config.yaml").write_text(
-                f"# best trial {best['trial']} of sweep {sweep_dir.name}: zo finetune --config best_config.yaml\n"
-                + yaml.safe_dump(best_cfg, sort_keys=False))
-            files.append(out / "best_config.yaml")
-        files += make_plots(rows, objectives, imps, out)
-        for f in files:
-            parent.log_artifact(f)
-        counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped_early", "failed",
-                                                                     "interrupted")}
-        metrics = {f"trials_{k}": v for k, v in counts.items()}
-        if best is not None:
-            metrics |= {f"best_{m}": best[m] for _, m, _ in objectives if best.get(m) is not None}
-            if best.get("test_accuracy") is not None:
-                metrics["best_test_accuracy"] = best["test_accuracy"]
-        parent.log_metrics(metrics, 0)
-        status = "KILLED" if interrupted else "FINISHED"
-        reason = _resume_hint(cfg) if interrupted else None
+                (out / "best_config.yaml").write_text(
+                    f"# best trial {best['trial']} of sweep {sweep_dir.name}: zo finetune --config best_config.yaml\n"
+                    + yaml.safe_dump(best_cfg, sort_keys=False))
+                files.append(out / "best_config.yaml")
+            files += make_plots(rows, objectives, imps, out)
+            for f in files:
+                parent.log_artifact(f)
+            counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped_early", "failed",
+                                                                         "interrupted")}
+            metrics = {f"trials_{k}": v for k, v in counts.items()}
+            if best is not None:
+                metrics |= {f"best_{m}": best[m] for _, m, _ in objectives if best.get(m) is not None}
+                if best.get("test_accuracy") is not None:
+                    metrics["best_test_accuracy"] = best["test_accuracy"]
+            parent.log_metrics(metrics, 0)
+            if interrupted:
+                run_end.status, run_end.reason = "KILLED", _resume_hint(cfg)
 
-        def public(r):
-            return None if r is None else {k: v for k, v in r.items() if k != "curve"}
+            def public(r):
+                return None if r is None else {k: v for k, v in r.items() if k != "curve"}
 
-        return {
-            "sweep": sweep_dir.name, "status": "interrupted" if interrupted else "finished",
-            "backend": cfg.backend, "scheduler": cfg.scheduler, "method": cfg.method, "task": cfg.task,
-            "model": cfg.model, "trials": cfg.trials, "counts": counts,
-            "objectives": [{"name": n, "metric": m, "mode": d} for n, m, d in objectives],
-            "best": public(best), "pareto": [public(r) for r in front], "importances": imps,
-            "parent_run_id": parent.run_id, "experiment": cfg.experiment, "tracking_uri": uri,
-            "storage": str(sweep_dir), "artifacts": [str(f) for f in files],
-            "wall_time_s": round(time.perf_counter() - t0, 2),
-            **({"resume_with": reason} if interrupted else {}),
-        }
-    except KeyboardInterrupt:
-        status, reason = "KILLED", _resume_hint(cfg)
-        raise
-    except BaseException as e:  # noqa: BLE001 - the parent run ends FAILED with the reason
-        reason = f"{type(e).__name__}: {e}"
-        raise
+            return {
+                "sweep": sweep_dir.name, "status": "interrupted" if interrupted else "finished",
+                "backend": cfg.backend, "scheduler": cfg.scheduler, "method": cfg.method, "task": cfg.task,
+                "model": cfg.model, "trials": cfg.trials, "counts": counts,
+                "objectives": [{"name": n, "metric": m, "mode": d} for n, m, d in objectives],
+                "best": public(best), "pareto": [public(r) for r in front], "importances": imps,
+                "parent_run_id": parent.run_id, "experiment": cfg.experiment, "tracking_uri": uri,
+                "storage": str(sweep_dir), "artifacts": [str(f) for f in files],
+                "wall_time_s": round(time.perf_counter() - t0, 2),
+                **({"resume_with": run_end.reason} if interrupted else {}),
+            }
     finally:
-        parent.end(status, reason)
         if started_ray:
             import ray
 

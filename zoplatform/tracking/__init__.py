@@ -2,6 +2,9 @@
 :mod:`zoplatform.tracking.mlflow` only, so the library runs without it."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +42,37 @@ class NullTracker:
 
     def end(self, status="FINISHED", reason=None):
         pass
+
+
+@dataclass
+class Outcome:
+    """How a tracked run ends; the body of :func:`ending` may set a non-default outcome (e.g. FAILED with a reason
+    when some child runs failed)."""
+
+    status: str = "FINISHED"
+    reason: str | None = None
+
+
+@contextmanager
+def ending(tracker: Tracker, interrupted: str, on_interrupt: Callable[[], Any] | None = None
+           ) -> Iterator[Outcome]:
+    """End ``tracker``'s run with the outcome of the block: KILLED with ``interrupted`` (how to continue) on Ctrl-C
+    or SIGTERM, FAILED with the exception on any other error, else the yielded :class:`Outcome` (FINISHED unless the
+    block changed it); ``on_interrupt`` runs first on an interrupt (e.g. write a checkpoint). The exception is
+    re-raised; a crash never leaves a run RUNNING."""
+    outcome = Outcome()
+    try:
+        yield outcome
+    except KeyboardInterrupt:
+        outcome.status, outcome.reason = "KILLED", interrupted
+        if on_interrupt is not None:
+            on_interrupt()
+        raise
+    except BaseException as e:  # noqa: BLE001 - any failure ends the run FAILED with the reason
+        outcome.status, outcome.reason = "FAILED", f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        tracker.end(outcome.status, outcome.reason)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
