@@ -202,6 +202,10 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
                            num_test=cfg.num_test, seed=cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     traj_path, state_path = out_dir / "trajectory.jsonl", out_dir / "state.json"
+    if not cfg.resume and state_path.is_file() and not (out_dir / "summary.json").is_file():
+        done = json.loads(state_path.read_text()).get("history", {}).get("steps_done", "?")
+        raise ConfigError(f"out_dir {out_dir} holds an unfinished run's checkpoint (step {done}): continue it with "
+                          f"--resume, or choose another --out-dir (a new run would overwrite it)")
     saved = json.loads(state_path.read_text()) if cfg.resume and state_path.is_file() else None
     if cfg.resume and method is None:
         raise ConfigError("resume is supported for ZO methods (their trajectory is the checkpoint), not for 'fo'")

@@ -12,9 +12,10 @@ from click.testing import CliRunner
 
 import zoplatform
 from pipelines.cli import main as cli
-from tests.conftest import mlflow_server
 from pipelines.finetune import load_config, run
+from tests.conftest import mlflow_server
 from zoplatform.data import resolve_data_dir
+from zoplatform.errors import ConfigError
 from zoplatform.loop import ZOStepper
 
 try:
@@ -71,6 +72,10 @@ def test_interrupted_run_resumes_exactly_in_the_same_mlflow_run(tmp_path, monkey
     state = json.loads((tmp_path / "cut" / "state.json").read_text())
     killed = client(uri).get_run(state["run_id"])
     assert killed.info.status == "KILLED" and "--resume" in killed.data.tags["zo.end_reason"]
+    cut_traj = (tmp_path / "cut" / "trajectory.jsonl").read_bytes()
+    with pytest.raises(ConfigError, match=r"unfinished run's checkpoint \(step \d+\): continue it with --resume"):
+        run(load_config(None, base | dict(out_dir=str(tmp_path / "cut"))))  # forgot --resume: refused, nothing lost
+    assert (tmp_path / "cut" / "trajectory.jsonl").read_bytes() == cut_traj
 
     resumed = run(load_config(None, base | dict(out_dir=str(tmp_path / "cut"), resume=True)))
     assert resumed["mlflow_run_id"] == state["run_id"]
@@ -107,9 +112,9 @@ def test_trajectory_replay_reproduces_a_language_model_bit_exactly(spec):
 
 @needs_data
 def test_lora_run_leaves_base_weights_untouched(tmp_path):
+    from zoplatform.data import sample_splits
     from zoplatform.models import load_model
     from zoplatform.objectives import make_scorer
-    from zoplatform.data import sample_splits
 
     ex = sample_splits("sst2", num_train=8, num_dev=1, num_test=1).train
     model, tok = load_model("tiny:llama", lora={"r": 4}, seed=0)
