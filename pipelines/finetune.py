@@ -266,6 +266,7 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
 
         best_copy: list[torch.Tensor] | None = None
         history, start = History(), 0
+        resumed_wall = 0.0  # training time before a resume, so wall_time_s counts every segment
         if saved is not None and traj_path.is_file():  # resume: replay the trajectory
             traj = Trajectory.load(traj_path)
             if traj.layout != layout_digest(opt.blocks) or traj.method != cfg.method:
@@ -275,6 +276,7 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
             history = History(train=[tuple(x) for x in h["train"]], evals=h["evals"], best_step=h["best_step"],
                               best_dev_accuracy=h["best_dev_accuracy"], best_dev_loss=h["best_dev_loss"],
                               forwards=h["forwards"], steps_done=h["steps_done"], wall_s=h["wall_s"])
+            resumed_wall = history.wall_s
             for i, rec in enumerate(traj.records[: history.steps_done]):
                 if cfg.select == "best" and i == history.best_step:
                     best_copy = [p.detach().to("cpu", copy=True) for _, p in named]
@@ -330,7 +332,8 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
             "test_accuracy": test.accuracy, "test_loss": test.loss,
             "best_step": history.best_step if cfg.select == "best" else history.steps_done,
             "best_dev_accuracy": history.best_dev_accuracy, "forward_passes": history.forwards,
-            "wall_time_s": round(time.perf_counter() - t_start, 2), "train_time_s": round(history.wall_s, 2),
+            "wall_time_s": round(time.perf_counter() - t_start + resumed_wall, 2),
+            "train_time_s": round(history.wall_s, 2),
             "peak_memory_mb": round(peak_memory_bytes(dev) / 2**20, 1), "device": str(dev),
             "final_dev_loss": history.evals[-1]["dev_loss"] if history.evals else math.nan,
             "mlflow_run_id": tracker.run_id,

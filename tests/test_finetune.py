@@ -79,6 +79,9 @@ def test_interrupted_run_resumes_exactly_in_the_same_mlflow_run(tmp_path, monkey
 
     resumed = run(load_config(None, base | dict(out_dir=str(tmp_path / "cut"), resume=True)))
     assert resumed["mlflow_run_id"] == state["run_id"]
+    walls = [e["wall_s"] for e in json.loads((tmp_path / "cut" / "state.json").read_text())["history"]["evals"]]
+    assert walls == sorted(walls) and walls[-1] > walls[0]  # the clock continues across the resume
+    assert resumed["train_time_s"] >= state["history"]["wall_s"] > 0
     assert client(uri).get_run(state["run_id"]).info.status == "FINISHED"
     a = zoplatform.Trajectory.load(tmp_path / "full" / "trajectory.jsonl").records
     b = zoplatform.Trajectory.load(tmp_path / "cut" / "trajectory.jsonl").records

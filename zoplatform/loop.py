@@ -176,6 +176,7 @@ def train(
             scheduler.step()
         h.forwards += int(out["forwards"])
         h.steps_done = step + 1
+        h.wall_s = time.perf_counter() - t0  # a checkpoint written now carries the elapsed time to resume from
         h.train.append((step + 1, out["train_loss"]))
         if on_step:
             on_step(step + 1, out)
