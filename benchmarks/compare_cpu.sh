@@ -21,7 +21,7 @@ fi
 
 # 2. every method on every task and seed at 600 forward passes, two runs at a time through a local Ray
 .venv/bin/zo compare --model smollm2-135m \
-  --methods mezo,sparse-mezo-lr3e-5,curvzo,curvzo-port,curvzo-contrast,loren,zo-finetuner,fo,zero-shot \
+  --methods mezo,sparse-mezo-lr3e-5,curvzo,curvzo-port,curvzo-contrast,loren-lr3e-6,zo-finetuner,fo,zero-shot \
   --tasks sst2,rte,cb --seeds 2 --forward-budget 600 --eval-points 6 --num-dev 200 --num-test 872 \
   --configs benchmarks/compare_cpu.yaml --backend ray --resources cpu=1 \
   --out benchmarks/out/matrix --tracking-uri "$URI" --update-readme README.md "$@"

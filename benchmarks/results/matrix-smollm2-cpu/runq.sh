@@ -24,5 +24,6 @@ while true; do
     --steps 300 --batch-size 16 --eval-every 50 --num-train 1000 --num-dev 200 --num-test 872 --no-zero-shot \
     --experiment zo-matrix-cpu --run-name "$task-$label-s$seed" --out-dir "$d" --json "${resume[@]}" "$@" \
     > "$d/stdout.log" 2> "$d/stderr.log"
-  echo "$(date +%T) end $n rc=$? $task $label $seed" >> "$Q/log"
+  rc=$?  # before any command substitution resets $?
+  echo "$(date +%T) end $n rc=$rc $task $label $seed" >> "$Q/log"
 done
