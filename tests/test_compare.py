@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -141,3 +142,26 @@ def test_ray_backend_runs_independent_runs_in_parallel_workers(tmp_path, uri, ra
     runs = json.loads((tmp_path / "cmp" / "results.json").read_text())["runs"]
     assert [r["status"] for r in runs] == ["done", "done"] and all(r["mlflow_run_id"] for r in runs)
     assert len({r["mlflow_run_id"] for r in runs}) == 2  # one child run each
+
+
+@pytest.mark.parametrize("recipe", ["compare_cpu.yaml", "compare_sparse.yaml", "compare_minilm.yaml"])
+def test_shipped_recipe_configs_plan_at_equal_forward_passes(recipe, tmp_path):
+    """Every label of the benchmark recipes validates, and the plan gives each the same forward-pass budget:
+    two-point methods budget/2 steps, LOREN budget/K."""
+    import yaml
+
+    from pipelines.compare import load_compare_config, plan
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / recipe
+    entries = yaml.safe_load(path.read_text())
+    labels = [k for k, v in entries.items() if not v.get("policy")]  # registry policies need a store: not here
+    cfg = load_compare_config(dict(methods=",".join(labels), tasks="sst2", seeds=1, forward_budget=600,
+                                   model="tiny:llama", out=str(tmp_path)), str(path))
+    specs = {s.label: s for s in plan(cfg, tmp_path)}
+    assert set(specs) == set(labels)
+    for label, s in specs.items():
+        method = s.config.method
+        assert method == entries[label].get("method", label)
+        assert s.config.lr == pytest.approx(float(entries[label]["lr"]))
+        per_step = 6 if method == "loren" else 2  # LOREN's K = 6 one-sided queries; fo counted like MeZO
+        assert s.config.steps * per_step == 600, label
