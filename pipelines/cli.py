@@ -332,6 +332,7 @@ def meta_train(config_file, as_json, preset, **opts):
 @click.option("--model", help="model (as for zo finetune; default smollm2-135m)")
 @click.option("--seeds", type=int, help="seeds 0..N-1 (default 3)")
 @click.option("--forward-budget", type=int, help="forward passes per run (two-point methods: budget/2 steps)")
+@click.option("--task-budget", "task_budgets", help="per-task forward budgets overriding --forward-budget, e.g. cb=200")
 @click.option("--eval-points", type=int, help="dev evaluations per run (default 6)")
 @click.option("--configs", "configs_file", help="YAML: label -> finetune options, or -> a zo sweep best_config.yaml")
 @click.option("--reference", help="label whose final dev accuracy the others must reach (default mezo)")

@@ -20,7 +20,9 @@ across methods (model, task, seed, budget, data sizes, batch size) belong to the
 comparison and are taken from it.
 
 Equal cost: a run gets ``forward_budget // forwards_per_step`` steps (MeZO and its
-two-point relatives: budget/2 steps; LOREN with K queries: budget/K).  The
+two-point relatives: budget/2 steps; LOREN with K queries: budget/K).  Every method
+of a task gets the same budget; ``--task-budget cb=200`` gives a task its own
+(e.g. a reduced one for a long-input task on a small machine).  The
 first-order baseline gets as many steps as MeZO; its forward+backward steps are
 counted separately and its peak memory is reported next to the others.
 
@@ -42,9 +44,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from zoplatform.config import StrictModel, read_mapping, validate
 from zoplatform.errors import ConfigError
@@ -68,6 +70,8 @@ class CompareConfig(StrictModel):
     tasks: list[str] = Field(min_length=1)
     seeds: list[int] = Field([0, 1, 2], min_length=1)
     forward_budget: int = Field(ge=2, description="forward passes per run")
+    task_budgets: dict[str, Annotated[int, Field(ge=2)]] = Field(
+        default_factory=dict, description="task -> its own forward budget (overrides forward_budget)")
     eval_points: int = Field(6, ge=1, description="dev evaluations per run (at equal forward passes)")
     configs: dict[str, Any] = Field(default_factory=dict, description="label -> finetune options or a config path")
     reference: str = Field("mezo", description="label whose final dev accuracy the others must reach")
@@ -93,6 +97,17 @@ class CompareConfig(StrictModel):
         if len(set(v)) != len(v):
             raise ValueError(f"duplicate entries in {v}")
         return v
+
+    @model_validator(mode="after")
+    def _budgeted_tasks(self):
+        extra = sorted(set(self.task_budgets) - set(self.tasks))
+        if extra:
+            raise ValueError(f"task_budgets names {extra[0]!r}, which is not among tasks ({', '.join(self.tasks)})")
+        return self
+
+    def budget(self, task: str) -> int:
+        """Forward passes per run on ``task``."""
+        return self.task_budgets.get(task, self.forward_budget)
 
 
 @dataclass
@@ -174,7 +189,7 @@ def plan(cfg: CompareConfig, out: Path) -> list[RunSpec]:
                 checked = ft if ft.policy is None else ft.model_copy(
                     update={"method_options": {**ft.method_options, "policy": policies[ft.policy]}})
                 _, method, _ = check_inputs(checked)
-                steps = 0 if label == ZERO_SHOT else steps_for(method, cfg.forward_budget)
+                steps = 0 if label == ZERO_SHOT else steps_for(method, cfg.budget(task))
                 eval_every = max(1, steps // cfg.eval_points) if steps else 1
                 out_dir = out / "runs" / task / label / f"seed{seed}"
                 ft = ft.model_copy(update={"steps": steps, "eval_every": eval_every, "out_dir": str(out_dir)})
@@ -338,7 +353,7 @@ def collect(cfg: CompareConfig, specs: list[RunSpec]) -> tuple[list[dict], list[
                         "reached_reference": f"{len(reached)}/{len(done)}",
                         "wall_time_s_mean": _mean_std([r["wall_time_s"] for r in done])[0],
                         "peak_memory_mb_max": max(mem) if mem else None,
-                        "steps": rs[0]["steps"]})
+                        "steps": rs[0]["steps"], "forward_budget": cfg.budget(task)})
     return runs, agg
 
 
@@ -358,11 +373,25 @@ def _num(x, fmt="{:.0f}") -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
+def _small_tasks(cfg: CompareConfig) -> str:
+    """The tasks whose train split is too small for the requested sizes (finetune fits them)."""
+    from zoplatform.data import resolve_data_dir
+
+    from .finetune import split_sizes
+
+    data_dir = resolve_data_dir(cfg.data_dir)
+    fitted = {t: split_sizes(t, data_dir, cfg.num_train, cfg.num_dev) for t in cfg.tasks}
+    return "".join(f" ({t}: {n} train / {d} dev, its train split is small)" for t, (n, d) in fitted.items()
+                   if n != cfg.num_train)
+
+
 def markdown(cfg: CompareConfig, agg: list[dict], machine: str) -> str:
     """The report: accuracy matrix, then the per-(method, task) details."""
+    own = "".join(f"; {t}: {b} ({b // 2} steps)" for t, b in cfg.task_budgets.items())
     lines = [f"Model `{cfg.model}`, {machine}; budget {cfg.forward_budget} forward passes per run "
-             f"(two-point methods: {cfg.forward_budget // 2} steps), batch {cfg.batch_size}, seeds "
-             f"{', '.join(map(str, cfg.seeds))}, {cfg.num_train} train examples; mean ± std over seeds.", "",
+             f"(two-point methods: {cfg.forward_budget // 2} steps{own}), batch {cfg.batch_size}, seeds "
+             f"{', '.join(map(str, cfg.seeds))}, {cfg.num_train} train examples{_small_tasks(cfg)}; "
+             f"mean ± std over seeds.", "",
              "Test accuracy (%):", "",
              "| method | " + " | ".join(cfg.tasks) + " |", "|---|" + "---|" * len(cfg.tasks)]
     for label in cfg.methods:
@@ -543,6 +572,19 @@ def load_compare_config(data: dict[str, Any], configs_file: str | None) -> Compa
     for k in ("methods", "tasks"):
         if isinstance(given.get(k), str):
             given[k] = [s.strip() for s in given[k].split(",") if s.strip()]
+    if isinstance(given.get("task_budgets"), str):
+        given["task_budgets"] = _parse_budgets(given["task_budgets"])
     if isinstance(given.get("seeds"), int):
         given["seeds"] = list(range(given["seeds"]))
     return validate(CompareConfig, given, "compare config")
+
+
+def _parse_budgets(text: str) -> dict[str, int]:
+    """``"cb=200,rte=400"`` -> {"cb": 200, "rte": 400}."""
+    out = {}
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        task, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ConfigError(f"--task-budget: {item!r} is not TASK=FORWARD_PASSES (e.g. cb=200)")
+        out[task.strip()] = int(value)
+    return out

@@ -47,6 +47,10 @@ def test_update_readme_replaces_only_the_generated_block(tmp_path):
     (["--methods", "curvzo", "--tasks", "sst2"], "--reference 'mezo' is not among --methods"),
     (["--methods", "mezo,mezo", "--tasks", "sst2"], "duplicate entries"),
     (["--methods", "mezo", "--tasks", "sst2", "--forward-budget", "1"], "forward_budget=1 is invalid"),
+    (["--methods", "mezo", "--tasks", "sst2", "--task-budget", "sst2"], "'sst2' is not TASK=FORWARD_PASSES"),
+    (["--methods", "mezo", "--tasks", "sst2", "--task-budget", "rte=100"],
+     "task_budgets names 'rte', which is not among tasks (sst2)"),
+    (["--methods", "mezo", "--tasks", "sst2,rte", "--task-budget", "rte=1"], "greater than or equal to 2"),
     (["--methods", "mezo,cz", "--tasks", "sst2", "--configs", "CFG:cz: {method: curvzo, profile: x}"],
      "'profile' is not a finetune option; method hyperparameters go under method_options"),
     (["--methods", "mezo,cz", "--tasks", "sst2", "--configs", "CFG:cz: {method: curvzo, method_options: {profile: x}}"],
@@ -144,7 +148,8 @@ def test_ray_backend_runs_independent_runs_in_parallel_workers(tmp_path, uri, ra
     assert len({r["mlflow_run_id"] for r in runs}) == 2  # one child run each
 
 
-@pytest.mark.parametrize("recipe", ["compare_cpu.yaml", "compare_sparse.yaml", "compare_minilm.yaml"])
+@pytest.mark.parametrize("recipe", ["compare_cpu.yaml", "compare_sparse.yaml", "compare_minilm.yaml",
+                                    "compare_matrix.yaml"])
 def test_shipped_recipe_configs_plan_at_equal_forward_passes(recipe, tmp_path):
     """Every label of the benchmark recipes validates, and the plan gives each the same forward-pass budget:
     two-point methods budget/2 steps, LOREN budget/K."""
@@ -165,3 +170,15 @@ def test_shipped_recipe_configs_plan_at_equal_forward_passes(recipe, tmp_path):
         assert s.config.lr == pytest.approx(float(entries[label]["lr"]))
         per_step = 6 if method == "loren" else 2  # LOREN's K = 6 one-sided queries; fo counted like MeZO
         assert s.config.steps * per_step == 600, label
+
+
+def test_a_task_budget_gives_every_method_of_that_task_the_same_reduced_budget(tmp_path):
+    from pipelines.compare import load_compare_config, plan
+
+    cfg = load_compare_config(dict(methods="mezo,loren,fo,zero-shot", tasks="sst2,rte", seeds=1, forward_budget=600,
+                                   task_budgets="rte=120", eval_points=6, model="tiny:llama", out=str(tmp_path)),
+                              None)
+    steps = {(s.task, s.label): (s.config.steps, s.config.eval_every) for s in plan(cfg, tmp_path)}
+    assert steps == {("sst2", "mezo"): (300, 50), ("sst2", "loren"): (100, 16), ("sst2", "fo"): (300, 50),
+                     ("sst2", "zero-shot"): (0, 1), ("rte", "mezo"): (60, 10), ("rte", "loren"): (20, 3),
+                     ("rte", "fo"): (60, 10), ("rte", "zero-shot"): (0, 1)}

@@ -3,6 +3,7 @@
 # `next` holds the first line not yet started; a run whose directory holds a checkpoint (state.json, no summary.json)
 # is resumed (--resume), a finished one is skipped. Usage: cp -r benchmarks/results/matrix-smollm2-cpu benchmarks/out/matrix;
 # setsid nohup benchmarks/out/matrix/runq.sh & (twice). `touch stop` lets the workers exit when the queue is empty.
+# A line "@ NAME COMMAND..." runs COMMAND (e.g. a zo meta-train) once: done when NAME.done exists in the queue dir.
 Q="$(cd "$(dirname "$0")" && pwd)"
 cd "$Q/../../.."
 while true; do
@@ -14,6 +15,16 @@ while true; do
   if [ -z "$line" ]; then
     [ -f "$Q/stop" ] && exit 0
     echo "$n" > "$Q/next"; sleep 30; continue
+  fi
+  if [ "${line:0:2}" = "@ " ]; then
+    set -- $line; name=$2; cmd=${line#@ $name }
+    [ -f "$Q/$name.done" ] && continue
+    echo "$(date +%T) start $n @$name" >> "$Q/log"
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 bash -c "$cmd" > "$Q/$name.out" 2> "$Q/$name.err"
+    rc=$?
+    [ $rc = 0 ] && touch "$Q/$name.done"
+    echo "$(date +%T) end $n rc=$rc @$name" >> "$Q/log"
+    continue
   fi
   set -- $line; task=$1 label=$2 seed=$3; shift 3
   d="$Q/runs/$task/$label/seed$seed"; mkdir -p "$d"
