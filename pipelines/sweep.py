@@ -238,11 +238,16 @@ def _trial_tracker(**kw):
         """Flushes only at evaluations (when the checkpoint is written), so the
         metrics in MLflow never run ahead of the checkpoint: a failed attempt
         drops what it logged since, and its retry logs those steps once.  Writes
-        the run id next to the checkpoint as soon as the run exists."""
+        the run id next to the checkpoint as soon as the run exists.
+
+        ``handed_over``: the backend stopped this trial from outside (Ray's
+        scheduler, or an interrupted sweep stopping its trials: the trial cannot
+        tell which), so the run is left for the driver to end, which knows."""
 
         def __init__(self, *, out_dir: Path, tags: dict[str, str], **kw):
             super().__init__(flush_every=10**9, **kw)
             self.out_dir, self.extra_tags, self.stopped_early = out_dir, tags, None
+            self.handed_over = False
 
         def start(self, params, tags=None):
             resumed = self.run_id is not None
@@ -255,6 +260,10 @@ def _trial_tracker(**kw):
                     pass
 
         def end(self, status="FINISHED", reason=None):
+            if self.handed_over:  # metrics past the last checkpoint are logged again by a resumed attempt
+                self._buf.clear()
+                self.stop_monitor()
+                return
             if self.stopped_early:
                 self.set_tags({"zo.stopped_early": "true"})
                 status, reason = "FINISHED", self.stopped_early
@@ -297,8 +306,8 @@ def run_trial(cfg: SweepConfig, params: dict[str, Any], out_dir: Path, *, trial_
                    "mlflow_run_id": tracker.run_id, "trial_dir": str(out_dir)}
         try:
             stop = bool(report(metrics)) or stop
-        except SystemExit:  # the backend ended the trial (Ray's scheduler stopping it)
-            tracker.stopped_early = f"stopped early by the scheduler at {m['forwards']} forward passes"
+        except SystemExit:  # Ray stopped the trial: its scheduler, or the sweep being interrupted
+            tracker.handed_over = True  # the driver ends the run FINISHED or KILLED (see _SweepCallback)
             raise
         if stop:
             tracker.stopped_early = f"stopped early (pruned) at {m['forwards']} forward passes"
@@ -380,15 +389,16 @@ def _trial_dirname(trial) -> str:
     return trial.trial_id
 
 
-def _ray_callback(key: str):
+def _ray_callback(key: str, tracking_uri: str):
     from ray.tune import Callback
 
     class _SweepCallback(Callback):
         """Records which trials ended how in this driver session (for the MLflow
-        reconciliation), and implements the interrupt testing hook."""
+        reconciliation), ends the run of a trial the scheduler stopped, and
+        implements the interrupt testing hook."""
 
-        def __init__(self, key):
-            self.key = key
+        def __init__(self, key, tracking_uri):
+            self.key, self.tracking_uri = key, tracking_uri
 
         def _session(self):
             # looked up at call time: a restored experiment unpickles this class by value
@@ -408,11 +418,14 @@ def _ray_callback(key: str):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._session()["completed"].add(trial.trial_id)
+            run_id = (trial.last_result or {}).get("mlflow_run_id")
+            if run_id:  # a trial that finished training has ended its run itself; one stopped is still RUNNING
+                end_child(self.tracking_uri, run_id, "FINISHED", "stopped early by the scheduler", only_running=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._session()["errored"].add(trial.trial_id)
 
-    return _SweepCallback(key)
+    return _SweepCallback(key, tracking_uri)
 
 
 def _ray_connect() -> bool:
@@ -481,7 +494,7 @@ def run_ray(cfg: SweepConfig, space, resources, objectives, sweep_dir: Path, ctx
             run_config=RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent),
                                  failure_config=FailureConfig(max_failures=cfg.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=None),  # tiny trajectories
-                                 callbacks=[_ray_callback(key)]),
+                                 callbacks=[_ray_callback(key, ctx["tracking_uri"])]),
         )
     t_fit = time.monotonic()
     grid = tuner.fit()
@@ -667,12 +680,19 @@ def reconcile_children(uri: str, parent_run_id: str, classify: Callable[[Any], t
                               filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
                                             f"and attributes.status = 'RUNNING'", max_results=10000)
     for run in runs:
-        status, reason = classify(run)
-        client.set_tag(run.info.run_id, "zo.end_reason", reason)
-        if status == "FINISHED":
-            client.set_tag(run.info.run_id, "zo.stopped_early", "true")
-        client.set_terminated(run.info.run_id, status=status)
+        end_child(uri, run.info.run_id, *classify(run))
     return len(runs)
+
+
+def end_child(uri: str, run_id: str, status: str, reason: str, only_running: bool = False) -> None:
+    """End a trial's run from the driver (FINISHED here means stopped early)."""
+    client = _client(uri)
+    if only_running and client.get_run(run_id).info.status != "RUNNING":
+        return
+    client.set_tag(run_id, "zo.end_reason", reason)
+    if status == "FINISHED":
+        client.set_tag(run_id, "zo.stopped_early", "true")
+    client.set_terminated(run_id, status=status)
 
 
 def _curve(trial_dir: Path) -> list[tuple[int, float]]:

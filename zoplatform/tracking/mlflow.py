@@ -130,9 +130,14 @@ class MlflowTracker:
             if reason:
                 self.client.set_tag(self.run_id, "zo.end_reason", reason[:5000])
         finally:
-            if self._monitor is not None:
-                try:
-                    self._monitor.finish()
-                except Exception:
-                    pass
+            self.stop_monitor()
             self.client.set_terminated(self.run_id, status=status)
+
+    def stop_monitor(self) -> None:
+        """Stop sampling system metrics (best effort)."""
+        if self._monitor is not None:
+            try:
+                self._monitor.finish()
+            except Exception:
+                pass
+            self._monitor = None
