@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Reproduces the README "Results" section on the project's machine class: 2 CPU cores, no GPU.
 # SmolLM2-135M (packaged), prompt protocol, all parameters; SST-2, RTE, CB; 2 seeds; 600 forward passes per run
-# (300 steps of a two-point method, 100 of LOREN with K=6), batch 16, 1000 train / 200 dev / all test examples.
-# Cost on 2 cores: ~25 min per SST-2 run and ~40 min per RTE run at one thread, two runs at a time: a full pass is
-# about a day. Rerunning resumes: finished runs under benchmarks/out/matrix are reused, cut-off ones continue.
+# (300 steps of a two-point method, 100 of LOREN with K=6) on SST-2 and RTE, 200 on CB (long inputs, reduced),
+# batch 16, 1000 train / 200 dev / all test examples (CB: 150 / 100 / 56, its train split has 250).
+# Cost on 2 cores, one thread per run, two runs at a time: ~20-25 min per SST-2 run, ~75-100 min per RTE run
+# (inputs ~4x longer), ~25-30 min per CB run; LOREN and ZO Fine-tuner take ~1.3x MeZO's time; a full pass is
+# more than a day. Rerunning resumes: finished runs under benchmarks/out/matrix are reused, cut-off ones continue.
+# benchmarks/results/matrix-smollm2-cpu holds the committed runs of this matrix (made by its runq.sh queue).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/zo ] || bash scripts/setup.sh
@@ -22,6 +25,7 @@ fi
 # 2. every method on every task and seed at 600 forward passes, two runs at a time through a local Ray
 .venv/bin/zo compare --model smollm2-135m \
   --methods mezo,sparse-mezo-lr3e-5,curvzo,curvzo-port,curvzo-contrast,loren-lr3e-6,zo-finetuner,fo,zero-shot \
-  --tasks sst2,rte,cb --seeds 2 --forward-budget 600 --eval-points 6 --num-dev 200 --num-test 872 \
+  --tasks sst2,rte,cb --seeds 2 --forward-budget 600 --task-budget cb=200 --eval-points 6 --num-dev 200 \
+  --num-test 872 \
   --configs benchmarks/compare_cpu.yaml --backend ray --resources cpu=1 \
   --out benchmarks/out/matrix --tracking-uri "$URI" --update-readme README.md "$@"
