@@ -197,6 +197,8 @@ class MetaResult:
     steps: int = 0
     wall_s: float = 0.0
     artifacts: list[Path] = field(default_factory=list)
+    # ‖ω − ω₀‖ / ‖ω₀‖: how far meta-training moved the policy from its random initialisation
+    policy_change: float = 0.0
 
 
 def batch_schedule(sizes: Sequence[int], batch_size: int, seed: int, mixture: str):
@@ -252,6 +254,7 @@ def meta_train(model, scorer, train_sets: Mapping[str, Sequence[Example]], cfg: 
     stepper = MetaStepper(model, scorer, policy, blocks, counts, eps=cfg.eps, eta_u=cfg.eta_u, lr_mlp=cfg.lr_mlp,
                           direction=cfg.direction, chunk_size=cfg.chunk_size)
     base = [b.param.detach().clone() for b in blocks]
+    omega0 = {k_: v.detach().clone() for k_, v in policy.weights().items()}
 
     names = [t for t in cfg.tasks if t in train_sets]
     sets = [list(train_sets[t]) for t in names]
@@ -310,9 +313,19 @@ def meta_train(model, scorer, train_sets: Mapping[str, Sequence[Example]], cfg: 
             tracker.flush()
     bar.close()
     result.steps, result.wall_s = step, time.perf_counter() - t0
+    result.policy_change = relative_change(policy.weights(), omega0)
     if out_dir is not None:
         result.artifacts = write_sigma_report(policy, blocks, base, state, counts, Path(out_dir))
     return result
+
+
+@torch.no_grad()
+def relative_change(weights: dict[str, torch.Tensor], start: dict[str, torch.Tensor]) -> float:
+    """‖w − w₀‖ / ‖w₀‖ over all tensors (the meta-gradient through η_u is small: at a reduced budget the
+    policy can stay at its initialisation, and this says so)."""
+    num = sum(float(((weights[k] - start[k]) ** 2).sum()) for k in start)
+    den = sum(float((start[k] ** 2).sum()) for k in start)
+    return math.sqrt(num / den) if den > 0 else math.inf
 
 
 @torch.no_grad()

@@ -158,7 +158,8 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
             "n_blocks": len(res.policy.layout), "policy_dir": str(policy_dir.resolve()), "out_dir": str(out_dir),
             "first_meta_loss": h["meta_loss"][0], "last_meta_loss": h["meta_loss"][-1],
             "first_fo_loss": h["fo_loss"][0], "last_fo_loss": h["fo_loss"][-1],
-            "final_sigma_mean": h["sigma_mean"][-1], "meta_train_time_s": round(res.wall_s, 2),
+            "final_sigma_mean": h["sigma_mean"][-1], "policy_rel_change": res.policy_change,
+            "meta_train_time_s": round(res.wall_s, 2),
             "dev": res.dev, "mlflow_run_id": tracker.run_id,
         }
 

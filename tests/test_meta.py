@@ -244,3 +244,14 @@ def test_meta_train_cli_prints_a_json_summary_last(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["steps"] == 1 and (tmp_path / "o" / "policy" / "policy.safetensors").is_file()
+    # how far the policy moved from its initialisation (same seed -> same ω₀), recomputed from the saved file
+    trained = PerturbationPolicy.load(tmp_path / "o" / "policy").weights()
+    start = PerturbationPolicy(trained_layout(trained), seed=0).weights()
+    num = sum(float(((trained[k] - start[k]) ** 2).sum()) for k in start)
+    den = sum(float((start[k] ** 2).sum()) for k in start)
+    assert out["policy_rel_change"] == pytest.approx((num / den) ** 0.5, rel=1e-6) and out["policy_rel_change"] > 0
+
+
+def trained_layout(w):
+    """A layout with as many blocks as ``w`` has (initial weights depend only on the count and the seed)."""
+    return [(f"b{i}", [1], False) for i in range(w["b2"].shape[0])]
