@@ -420,7 +420,8 @@ def _ray_callback(key: str, tracking_uri: str):
             self._session()["completed"].add(trial.trial_id)
             run_id = (trial.last_result or {}).get("mlflow_run_id")
             if run_id:  # a trial that finished training has ended its run itself; one stopped is still RUNNING
-                end_child(self.tracking_uri, run_id, "FINISHED", "stopped early by the scheduler", only_running=True)
+                end_child(_client(self.tracking_uri), run_id, "FINISHED", "stopped early by the scheduler",
+                          only_running=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._session()["errored"].add(trial.trial_id)
@@ -680,13 +681,12 @@ def reconcile_children(uri: str, parent_run_id: str, classify: Callable[[Any], t
                               filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
                                             f"and attributes.status = 'RUNNING'", max_results=10000)
     for run in runs:
-        end_child(uri, run.info.run_id, *classify(run))
+        end_child(client, run.info.run_id, *classify(run))
     return len(runs)
 
 
-def end_child(uri: str, run_id: str, status: str, reason: str, only_running: bool = False) -> None:
+def end_child(client, run_id: str, status: str, reason: str, only_running: bool = False) -> None:
     """End a trial's run from the driver (FINISHED here means stopped early)."""
-    client = _client(uri)
     if only_running and client.get_run(run_id).info.status != "RUNNING":
         return
     client.set_tag(run_id, "zo.end_reason", reason)

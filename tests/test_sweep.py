@@ -166,12 +166,12 @@ def test_a_trial_stopped_from_outside_leaves_its_run_to_the_driver(tmp_path, uri
         t.end("FAILED", "SystemExit: 0")  # what finetune's ending() does on SystemExit
         assert client.get_run(t.run_id).info.status == "RUNNING"
         run_ids.append(t.run_id)
-    end_child(uri, run_ids[1], "FINISHED", "stopped early by the scheduler", only_running=True)  # on_trial_complete
+    end_child(client, run_ids[1], "FINISHED", "stopped early by the scheduler", only_running=True)  # on_trial_complete
     n = reconcile_children(uri, parent, lambda run: ("KILLED", "sweep interrupted; continue with --resume"))
     cut, stopped = (client.get_run(r) for r in run_ids)
     assert n == 1 and cut.info.status == "KILLED" and "--resume" in cut.data.tags["zo.end_reason"]
     assert stopped.info.status == "FINISHED" and stopped.data.tags["zo.stopped_early"] == "true"
-    end_child(uri, run_ids[1], "KILLED", "late", only_running=True)  # an ended run is never touched again
+    end_child(client, run_ids[1], "KILLED", "late", only_running=True)  # an ended run is never touched again
     assert client.get_run(run_ids[1]).info.status == "FINISHED"
 
 
