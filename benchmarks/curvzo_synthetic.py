@@ -66,9 +66,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import zoplatform  # noqa: E402
-from zoplatform.params import blocks_from_named  # noqa: E402
-from zoplatform.rng import generator, step_seed  # noqa: E402
+import zoplatform
+from zoplatform.params import blocks_from_named
+from zoplatform.rng import generator, step_seed
 
 METHODS = {  # label -> (registry name, options)
     "mezo": ("mezo", {}),
@@ -104,9 +104,9 @@ def run_one(label: str, lr: float, args, theta0, curv, hot_idx) -> dict:
         seed = step_seed(args.seed, t)
         if args.noise > 0:
             xi = torch.randn(flat.numel(), generator=generator(seed ^ 0xBEEF)) * (args.noise * sqrt_c)
-            closure = lambda: float(0.5 * (curv * flat.detach() ** 2).sum() + (xi * flat.detach()).sum())  # noqa: E731
+            closure = lambda: float(0.5 * (curv * flat.detach() ** 2).sum() + (xi * flat.detach()).sum())
         else:
-            closure = lambda: float(0.5 * (curv * flat.detach() ** 2).sum())  # noqa: E731
+            closure = lambda: float(0.5 * (curv * flat.detach() ** 2).sum())
         state, rec = method.step(state, blocks, closure, seed, lr)
         loss = float(0.5 * (curv * flat.detach() ** 2).sum())  # the noiseless objective
         losses.append(loss)

@@ -44,7 +44,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -77,18 +77,18 @@ class CompareConfig(StrictModel):
     reference: str = Field("mezo", description="label whose final dev accuracy the others must reach")
     batch_size: int = Field(16, ge=1)
     num_train: int = Field(1000, ge=1)
-    num_dev: Optional[int] = Field(None, ge=1)
+    num_dev: int | None = Field(None, ge=1)
     num_test: int = Field(1000, ge=1)
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     head_init: Literal["random", "probe"] = Field("random", description="head protocol: linear-probe the head first")
     backend: Literal["local", "ray"] = "local"
     resources: str = Field("cpu=1", description="per run (Ray backend; local: cpu = threads per run)")
-    tracking_uri: Optional[str] = None
+    tracking_uri: str | None = None
     experiment: str = "zo-compare"
     out: str = "compare"
-    update_readme: Optional[str] = Field(None, description="README whose Results section is replaced")
+    update_readme: str | None = Field(None, description="README whose Results section is replaced")
     report_only: bool = Field(False, description="report the finished runs, run nothing")
 
     @field_validator("methods", "tasks")
@@ -308,7 +308,7 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-def forwards_to_reach(curve: list[dict], target: float) -> Optional[int]:
+def forwards_to_reach(curve: list[dict], target: float) -> int | None:
     """Forward passes at the first dev evaluation with accuracy ≥ target."""
     for e in curve:
         if e["dev_accuracy"] >= target - 1e-12:

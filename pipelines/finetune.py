@@ -17,7 +17,7 @@ import platform
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -36,23 +36,23 @@ class FinetuneConfig(StrictModel):
     task: str = "sst2"
     method: str = "mezo"
     steps: int = Field(500, ge=0)
-    lr: Optional[float] = Field(None, gt=0, description="default: the method's (MeZO 1e-6, fo 1e-5)")
-    eps: Optional[float] = Field(None, gt=0)
+    lr: float | None = Field(None, gt=0, description="default: the method's (MeZO 1e-6, fo 1e-5)")
+    eps: float | None = Field(None, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "linear"] = "constant"
-    direction: Optional[Literal["gaussian", "rademacher", "pool"]] = None
+    direction: Literal["gaussian", "rademacher", "pool"] | None = None
     method_options: dict[str, Any] = Field(default_factory=dict, description="extra method hyperparameters")
-    policy: Optional[str] = Field(None, description="zo-finetuner: policy dir or models:/zo-policy-<model>@champion")
+    policy: str | None = Field(None, description="zo-finetuner: policy dir or models:/zo-policy-<model>@champion")
     batch_size: int = Field(16, ge=1)
     seed: int = Field(0, ge=0)
     eval_every: int = Field(100, ge=1)
     num_train: int = Field(1000, ge=1)
-    num_dev: Optional[int] = Field(None, ge=1, description="default 500 (100 for CB/COPA)")
+    num_dev: int | None = Field(None, ge=1, description="default 500 (100 for CB/COPA)")
     num_test: int = Field(1000, ge=1)
     eval_batch_size: int = Field(32, ge=1)
     max_length: int = Field(2048, ge=8)
-    data_dir: Optional[str] = None
-    protocol: Optional[Literal["prompt", "head"]] = None
+    data_dir: str | None = None
+    protocol: Literal["prompt", "head"] | None = None
     head_init: Literal["random", "probe"] = Field(
         "random", description="head protocol: 'probe' fits the classifier by a linear probe on frozen features first")
     lora: bool = False
@@ -63,11 +63,11 @@ class FinetuneConfig(StrictModel):
     select: Literal["best", "last"] = "best"
     zero_shot: bool = True
     tracking: bool = True
-    tracking_uri: Optional[str] = None
+    tracking_uri: str | None = None
     experiment: str = "zo-finetune"
-    run_name: Optional[str] = None
-    parent_run_id: Optional[str] = None
-    out_dir: Optional[str] = None
+    run_name: str | None = None
+    parent_run_id: str | None = None
+    out_dir: str | None = None
     resume: bool = False
     progress: bool = True
 

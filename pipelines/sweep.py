@@ -36,8 +36,9 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -65,27 +66,27 @@ class SweepConfig(StrictModel):
     model: str = Field("smollm2-135m", min_length=1)
     trials: int = Field(8, ge=1)
     steps: int = Field(500, ge=1)
-    space: Optional[str] = Field(None, description="space file, or a packaged space name; default: the method's")
+    space: str | None = Field(None, description="space file, or a packaged space name; default: the method's")
     backend: Literal["ray", "optuna"] = "ray"
     scheduler: Literal["asha", "none"] = "asha"
     resources: str = Field("cpu=1", description="per trial, e.g. cpu=2,gpu=0.25")
     max_concurrent: int = Field(2, ge=1)
     storage: str = "sweeps"
-    name: Optional[str] = None
-    tracking_uri: Optional[str] = None
+    name: str | None = None
+    tracking_uri: str | None = None
     experiment: str = "zo-sweep"
     objectives: list[str] = Field(default_factory=lambda: ["acc"], min_length=1)
     seed: int = Field(0, ge=0)
     max_failures: int = Field(2, ge=0)
-    grace_period: Optional[int] = Field(None, ge=1, description="ASHA's first rung, in forward passes")
+    grace_period: int | None = Field(None, ge=1, description="ASHA's first rung, in forward passes")
     reduction_factor: float = Field(3.0, gt=1)
-    time_budget_s: Optional[float] = Field(None, gt=0)
-    optuna_storage: Optional[str] = Field(None, description="RDB URL or journal file; default: a journal file")
+    time_budget_s: float | None = Field(None, gt=0)
+    optuna_storage: str | None = Field(None, description="RDB URL or journal file; default: a journal file")
     finetune: dict[str, Any] = Field(default_factory=dict, description="other fine-tune options (batch_size, ...)")
     resume: bool = Field(False, description="continue the interrupted sweep storage/name")
     # testing hooks (not persisted): exercise retry and resume deterministically
-    crash_after_steps: Optional[int] = Field(None, ge=1, description="each trial raises once after N steps")
-    interrupt_after_evals: Optional[int] = Field(None, ge=1, description="interrupt the sweep (as Ctrl-C does) at "
+    crash_after_steps: int | None = Field(None, ge=1, description="each trial raises once after N steps")
+    interrupt_after_evals: int | None = Field(None, ge=1, description="interrupt the sweep (as Ctrl-C does) at "
                                                                         "the N-th evaluation any trial reports")
 
 
@@ -166,9 +167,9 @@ def check_inputs(cfg: SweepConfig):
     """Everything that can be wrong with the input, checked without starting Ray
     or loading a model.  Returns (space, resources, objectives, sweep_dir)."""
     import search_spaces
-    from pipelines.finetune import FinetuneConfig, check_inputs as check_finetune
-
     import zoplatform
+    from pipelines.finetune import FinetuneConfig
+    from pipelines.finetune import check_inputs as check_finetune
 
     zoplatform.get_method(cfg.method)  # unknown method: the registry's message
     space = search_spaces.load_space(cfg.space or cfg.method)
@@ -531,8 +532,8 @@ def run_ray(cfg: SweepConfig, space, resources, objectives, sweep_dir: Path, ctx
 
 def planned_forward_passes(cfg: SweepConfig, space) -> int:
     """Training forward passes of a full trial at the first default point (ASHA's scale)."""
-    import zoplatform
     import search_spaces
+    import zoplatform
 
     point = search_spaces.to_points(space)[0] if space.defaults else {}
     method = zoplatform.make(cfg.method, **search_spaces.method_params(space, point))
@@ -617,7 +618,7 @@ def run_optuna(cfg: SweepConfig, space, objectives, sweep_dir: Path, ctx: dict, 
                               parent_run_id=ctx["parent_run_id"], report=report,
                               extra_tags={"optuna_trial": str(trial.number)})
                 break
-            except Exception as e:  # noqa: BLE001 - retried, then recorded as the trial's error
+            except Exception as e:
                 if attempt == cfg.max_failures:
                     trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
                     raise

@@ -36,16 +36,26 @@ Usage (Optuna define-by-run, or Ray's ``OptunaSearch(space=...)``)::
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from zoplatform.errors import ConfigError
 from zoplatform.registry import REGISTRY, make, method_names
 
-__all__ = ["Param", "Space", "RUN_OPTIONS", "load_space", "sample", "to_points", "method_params",
-           "packaged_spaces", "DISTRIBUTIONS"]
+__all__ = [
+    "DISTRIBUTIONS",
+    "RUN_OPTIONS",
+    "Param",
+    "Space",
+    "load_space",
+    "method_params",
+    "packaged_spaces",
+    "sample",
+    "to_points",
+]
 
 DISTRIBUTIONS = ("log_uniform", "uniform", "int", "choice", "fixed")
 # Keys a space may hold beyond the method's Config: options of the fine-tune run
@@ -156,7 +166,7 @@ def _num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _parse_param(name: str, spec: Any, earlier: dict[str, "Param"], where: str) -> Param:
+def _parse_param(name: str, spec: Any, earlier: dict[str, Param], where: str) -> Param:
     w = f"{where}: params.{name}"
     if not isinstance(spec, dict):
         raise ConfigError(f"{w} must be a mapping like {{dist: log_uniform, low: 1e-7, high: 1e-4}}, got {spec!r}")

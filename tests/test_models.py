@@ -9,10 +9,10 @@ import torch
 
 from zoplatform import models
 from zoplatform.errors import ZOError
-from zoplatform.models import (TINY, build_tiny_tokenizer, load_model, model_cache_dir,
-                               prepare_packaged)
+from zoplatform.models import TINY, build_tiny_tokenizer, load_model, model_cache_dir, prepare_packaged
 
 from .conftest import HAS_MINILM, HAS_SMOLLM2
+
 
 def _protocol(spec):
     return "head" if spec == "tiny:bert" else "prompt"

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import zoplatform.data.loading as loading
-from zoplatform.data import HUB, TASKS, Task, get_task, load_split, resolve_data_dir, sample_splits
+from zoplatform.data import HUB, TASKS, Task, get_task, load_split, loading, resolve_data_dir, sample_splits
 from zoplatform.errors import ConfigError, DataError, ZOError
 
 
@@ -409,7 +408,7 @@ def test_hub_rows_use_hub_label_ids(monkeypatch):
                     {"question": "is it not", "passage": "P.", "idx": 1, "label": 0}]
 
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: Fake())
-    task = Task(**{**TASKS["boolq"].__dict__})  # a fresh object: own cache entry
+    task = Task(**TASKS["boolq"].__dict__)  # a fresh object: own cache entry
     ex = load_split(task, "validation", HUB)
     assert [e.candidates[e.label] for e in ex] == ["Yes", "No"]  # hub 1 = True -> Yes
     assert ex[0].prompt == "P. Is it?\n" and ex[1].uid == "boolq:validation:1"

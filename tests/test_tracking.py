@@ -25,10 +25,9 @@ def test_finished_by_default_and_block_outcome_kept():
 
 def test_error_ends_failed_with_reason_and_reraises():
     t = Recorder()
-    with pytest.raises(ValueError, match="bad lr"):
-        with ending(t, "continue with X") as out:
-            out.status = "FINISHED"
-            raise ValueError("bad lr")
+    with pytest.raises(ValueError, match="bad lr"), ending(t, "continue with X") as out:
+        out.status = "FINISHED"
+        raise ValueError("bad lr")
     assert t.ended == [("FAILED", "ValueError: bad lr")]
 
 

@@ -32,9 +32,10 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -43,14 +44,14 @@ from .errors import ZOError
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "load_model",
-    "prepare_packaged",
-    "model_cache_dir",
-    "build_tiny_tokenizer",
-    "PACKAGED",
-    "TINY",
-    "PROTOCOLS",
     "DTYPES",
+    "PACKAGED",
+    "PROTOCOLS",
+    "TINY",
+    "build_tiny_tokenizer",
+    "load_model",
+    "model_cache_dir",
+    "prepare_packaged",
 ]
 
 PROTOCOLS = ("prompt", "head")
@@ -375,8 +376,7 @@ _ALLOWED_SPECS = ("a local model directory, a tiny:* fixture (" + ", ".join(TINY
 def _from_pretrained(spec: str, source: str | Path, protocol: str, num_labels: int | None,
                      dtype: torch.dtype, seed: int):
     """Load model + tokenizer with transformers, mapping load failures to ZOError."""
-    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
-                              AutoTokenizer)
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     kwargs: dict[str, Any] = {"dtype": dtype}
     if protocol == "head" and num_labels is not None:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,7 @@ from .types import Example
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PromptScorer", "NaiveScorer", "HeadScorer", "make_scorer", "Scorer"]
+__all__ = ["HeadScorer", "NaiveScorer", "PromptScorer", "Scorer", "make_scorer"]
 
 _CACHE_LIMIT = 100_000  # tokenised examples kept per scorer (a few KB each at most)
 

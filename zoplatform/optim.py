@@ -15,7 +15,8 @@ together with the model weights it resumes a run exactly.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 

@@ -16,8 +16,8 @@ with z_b regenerated chunk by chunk from ``(seed, key_b)``.  A perturbation is
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import torch
 

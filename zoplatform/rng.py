@@ -25,7 +25,7 @@ Direction laws (:data:`LAWS`):
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -41,7 +41,7 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-@lru_cache(maxsize=None)
+@cache
 def name_key(name: str) -> int:
     """Stable 64-bit key of a parameter name (independent of PYTHONHASHSEED)."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")

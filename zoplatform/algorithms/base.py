@@ -14,7 +14,8 @@ trajectory is bit-identical to the trained one.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 from ..config import StrictModel, validate
 from ..params import Block, Scratch, axpy_

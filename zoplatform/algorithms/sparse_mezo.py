@@ -205,10 +205,10 @@ class _StepMasks:
         packed = self.packed[i] = self.bits_for(i, block)
         if self.kind == "random":
             g = generator(block_seed(self.seed, block.key, _RANDOM_MASK_STREAM), block.param.device)
-            make = lambda theta: torch.rand(theta.numel(), generator=g, device=theta.device) < self.keep  # noqa: E731
+            make = lambda theta: torch.rand(theta.numel(), generator=g, device=theta.device) < self.keep
         else:
             h = float(self.thresholds[i])
-            make = lambda theta: theta.abs() <= h  # noqa: E731
+            make = lambda theta: theta.abs() <= h
 
         def build(theta, start):
             m = make(theta)

@@ -110,7 +110,7 @@ def read_rows(path: Path, fmt: str, encoding: str, display: str) -> tuple[list[d
                 ds = datasets.load_dataset("text", data_files=files, split="rows", encoding=encoding)
     except DataError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any reader failure becomes a located DataError
+    except Exception as exc:
         _diagnose(path, fmt, encoding, display)
         raise DataError(f"{display}: could not be read as {fmt}: {type(exc).__name__}: {exc}") from exc
 
@@ -199,7 +199,7 @@ def read_hub_rows(hub_id: tuple[str, ...], split: str) -> list[dict]:
     try:
         with _quiet_datasets():
             ds = datasets.load_dataset(*hub_id, split=split)
-    except Exception as exc:  # noqa: BLE001 - offline, unknown id, schema change...
+    except Exception as exc:
         raise DataError(
             f"could not load {name} [{split}] from the Hugging Face Hub ({type(exc).__name__}: {exc}); "
             "use local files instead: pass --data-dir DIR or set ZO_DATA_DIR"

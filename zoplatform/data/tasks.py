@@ -132,7 +132,7 @@ def _boolq_prompt(r: Row) -> str:
 
 def _copa_prompt(r: Row) -> str:
     premise = r["premise"].rstrip()
-    premise = premise[:-1] if premise.endswith(".") else premise
+    premise = premise.removesuffix(".")
     return premise + _pick(r, "question", {"effect": " so ", "cause": " because "})
 
 
