@@ -434,7 +434,12 @@ def plots(cfg: CompareConfig, runs: list[dict], agg: list[dict], out: Path) -> l
         for label in cfg.methods:
             curves = [r["curve"] for r in runs if r["label"] == label and r["task"] == task and r["curve"]
                       and r["status"] == "done"]
-            if not curves or label == ZERO_SHOT:
+            if not curves:
+                continue
+            if label == ZERO_SHOT:  # no trajectory: the base model's dev metrics as a reference line
+                for ax, key in zip(axes, ("dev_accuracy", "dev_loss")):
+                    ax.axhline(statistics.fmean(c[0][key] for c in curves), ls="--", c="gray", lw=1,
+                               label=f"{label} (n={len(curves)})")
                 continue
             n = min(len(c) for c in curves)
             xs = [curves[0][i]["forwards"] for i in range(n)]
@@ -446,7 +451,8 @@ def plots(cfg: CompareConfig, runs: list[dict], agg: list[dict], out: Path) -> l
                 ax.fill_between(xs, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.15)
         for ax, key in zip(axes, ("dev accuracy", "dev loss")):
             ax.set_xlabel("forward passes"), ax.set_ylabel(key)
-        axes[0].legend(fontsize=8)
+        if axes[0].get_legend_handles_labels()[0]:
+            axes[0].legend(fontsize=8)
         fig.suptitle(f"{task} ({cfg.model}): mean ± std over seeds")
         fig.tight_layout()
         files.append(out / f"dev_curves_{task}.png")

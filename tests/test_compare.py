@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import warnings
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,28 @@ def test_a_task_budget_gives_every_method_of_that_task_the_same_reduced_budget(t
     assert steps == {("sst2", "mezo"): (300, 50), ("sst2", "loren"): (100, 16), ("sst2", "fo"): (300, 50),
                      ("sst2", "zero-shot"): (0, 1), ("rte", "mezo"): (60, 10), ("rte", "loren"): (20, 3),
                      ("rte", "fo"): (60, 10), ("rte", "zero-shot"): (0, 1)}
+
+
+def test_dev_curve_plot_draws_zero_shot_as_a_reference_line(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from pipelines.compare import load_compare_config, plots
+
+    cfg = load_compare_config(dict(methods="mezo,zero-shot", tasks="sst2,rte", seeds=1, forward_budget=8,
+                                   model="tiny:llama", out=str(tmp_path)), None)
+    curve = [{"forwards": 0, "dev_accuracy": 0.5, "dev_loss": 0.9}, {"forwards": 8, "dev_accuracy": 0.7,
+                                                                       "dev_loss": 0.6}]
+    runs = [{"label": "mezo", "task": "sst2", "curve": curve, "status": "done"},
+            {"label": "zero-shot", "task": "sst2", "curve": curve[:1], "status": "done"},
+            {"label": "zero-shot", "task": "rte", "curve": curve[:1], "status": "done"}]
+    hlines = []
+    real = matplotlib.axes.Axes.axhline
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline",
+                        lambda ax, y=0, *a, **k: hlines.append((y, k.get("label"))) or real(ax, y, *a, **k))
+    with warnings.catch_warnings():  # a task whose only row is zero-shot still gets a legend (no matplotlib warning)
+        warnings.simplefilter("error")
+        files = plots(cfg, runs, [], tmp_path)
+    assert {f.name for f in files} == {"dev_curves_sst2.png", "dev_curves_rte.png"}
+    # accuracy then loss, per task: the base model's step-0 values
+    assert hlines == [(0.5, "zero-shot (n=1)"), (0.9, "zero-shot (n=1)")] * 2
+
