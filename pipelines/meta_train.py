@@ -120,6 +120,9 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
     from meta.metatrain import meta_train
     from meta.registry import register_policy as register_in_mlflow
     from zoplatform.models import load_model
+    import torch
+
+    from zoplatform.loop import peak_memory_bytes
     from zoplatform.objectives import make_scorer
     from zoplatform.tracking import NullTracker, ending, mlflow_tracker
 
@@ -141,6 +144,9 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
         # 3. model (fp32: §5.2) and objective --------------------------------
         model, tok = load_model(cfg.model, dtype="float32", device=cfg.device, protocol="prompt", seed=cfg.seed)
         scorer = make_scorer(model, tok, protocol="prompt", max_length=cfg.max_length)
+        device = next(model.parameters()).device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
 
         # 4. meta-train ---------------------------------------------------------
         algo = MetaTrainConfig(**cfg.model_dump(include=set(MetaTrainConfig.model_fields)))
@@ -160,8 +166,13 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
             "first_fo_loss": h["fo_loss"][0], "last_fo_loss": h["fo_loss"][-1],
             "final_sigma_mean": h["sigma_mean"][-1], "policy_rel_change": res.policy_change,
             "meta_train_time_s": round(res.wall_s, 2),
+            # the one-time cost is first-order memory: CUDA max allocated, or the process's max RSS on CPU
+            "peak_memory_mb": round(peak_memory_bytes(device) / 2**20, 1),
             "dev": res.dev, "mlflow_run_id": tracker.run_id,
         }
+
+        tracker.log_metrics({"peak_memory_mb": summary["peak_memory_mb"],
+                             "meta_train_time_s": summary["meta_train_time_s"]}, step=res.steps)
 
         # 6. artifacts, registry ---------------------------------------------------
         plot_meta_curves(h, out_dir / "meta_curves.png", f"meta-training on {'+'.join(cfg.tasks)} ({cfg.model})")

@@ -244,6 +244,10 @@ def test_meta_train_cli_prints_a_json_summary_last(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["steps"] == 1 and (tmp_path / "o" / "policy" / "policy.safetensors").is_file()
+    # the one-time cost: this process's peak RSS (CPU), which bounds what the summary recorded
+    from zoplatform.loop import peak_memory_bytes
+
+    assert 0 < out["peak_memory_mb"] <= peak_memory_bytes() / 2**20 + 0.1
     # how far the policy moved from its initialisation (same seed -> same ω₀), recomputed from the saved file
     trained = PerturbationPolicy.load(tmp_path / "o" / "policy").weights()
     start = PerturbationPolicy(trained_layout(trained), seed=0).weights()
