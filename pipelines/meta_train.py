@@ -117,12 +117,12 @@ def plot_meta_curves(history: dict, path: Path, title: str) -> Path:
 
 def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
     """Execute the recipe; returns the JSON summary."""
-    from meta.metatrain import meta_train
-    from meta.registry import register_policy as register_in_mlflow
-    from zoplatform.models import load_model
     import torch
 
+    from meta.metatrain import meta_train
+    from meta.registry import register_policy as register_in_mlflow
     from zoplatform.loop import peak_memory_bytes
+    from zoplatform.models import load_model
     from zoplatform.objectives import make_scorer
     from zoplatform.tracking import NullTracker, ending, mlflow_tracker
 
