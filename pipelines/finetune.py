@@ -185,7 +185,16 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
     best step, test, artifacts)."""
     import zoplatform
     from zoplatform.data import sample_splits
-    from zoplatform.loop import FOStepper, History, ZOStepper, evaluate, lr_lambda, peak_memory_bytes, train
+    from zoplatform.loop import (
+        FOStepper,
+        History,
+        ZOStepper,
+        evaluate,
+        lr_lambda,
+        peak_memory_bytes,
+        reset_peak_memory,
+        train,
+    )
     from zoplatform.models import default_protocol, load_model
     from zoplatform.objectives import make_scorer
     from zoplatform.tracking import NullTracker, ending, mlflow_tracker
@@ -231,8 +240,7 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
                                 num_labels=task.num_labels, lora=lora, seed=cfg.seed)
         scorer = make_scorer(model, tok, protocol=protocol, max_length=cfg.max_length)
         dev = next(model.parameters()).device
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
+        reset_peak_memory(dev)
 
         summary: dict[str, Any] = {"model": cfg.model, "task": cfg.task, "method": cfg.method, "seed": cfg.seed,
                                    "steps": cfg.steps, "num_train": len(splits.train), "num_dev": len(splits.dev),

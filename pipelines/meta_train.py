@@ -117,11 +117,9 @@ def plot_meta_curves(history: dict, path: Path, title: str) -> Path:
 
 def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
     """Execute the recipe; returns the JSON summary."""
-    import torch
-
     from meta.metatrain import meta_train
     from meta.registry import register_policy as register_in_mlflow
-    from zoplatform.loop import peak_memory_bytes
+    from zoplatform.loop import peak_memory_bytes, reset_peak_memory
     from zoplatform.models import load_model
     from zoplatform.objectives import make_scorer
     from zoplatform.tracking import NullTracker, ending, mlflow_tracker
@@ -145,8 +143,7 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
         model, tok = load_model(cfg.model, dtype="float32", device=cfg.device, protocol="prompt", seed=cfg.seed)
         scorer = make_scorer(model, tok, protocol="prompt", max_length=cfg.max_length)
         device = next(model.parameters()).device
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak_memory(device)
 
         # 4. meta-train ---------------------------------------------------------
         algo = MetaTrainConfig(**cfg.model_dump(include=set(MetaTrainConfig.model_fields)))

@@ -618,7 +618,7 @@ def run_optuna(cfg: SweepConfig, space, objectives, sweep_dir: Path, ctx: dict, 
                               parent_run_id=ctx["parent_run_id"], report=report,
                               extra_tags={"optuna_trial": str(trial.number)})
                 break
-            except Exception as e:
+            except Exception as e:  # retried, then recorded as the trial's error
                 if attempt == cfg.max_failures:
                     trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
                     raise

@@ -193,6 +193,13 @@ def train(
     return h
 
 
+def reset_peak_memory(device: Any) -> None:
+    """Start :func:`peak_memory_bytes` afresh on a CUDA device (a CPU process's max RSS cannot be reset)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
 def peak_memory_bytes(device: Any = "cpu") -> int:
     """Peak memory of this process: CUDA max allocated on GPU, max RSS on CPU."""
     dev = torch.device(device)

@@ -14,16 +14,16 @@ register(LOREN)
 register(ZOFinetuner)
 
 __all__ = [
-           "LOREN",
-           "CurvZO",
-           "CurvZOConfig",
-           "LORENConfig",
-           "MeZO",
-           "MeZOConfig",
-           "SparseMeZO",
-           "SparseMeZOConfig",
-           "ZOFinetuner",
-           "ZOFinetunerConfig",
-           "ZOMethod",
-           "two_point",
+    "LOREN",
+    "CurvZO",
+    "CurvZOConfig",
+    "LORENConfig",
+    "MeZO",
+    "MeZOConfig",
+    "SparseMeZO",
+    "SparseMeZOConfig",
+    "ZOFinetuner",
+    "ZOFinetunerConfig",
+    "ZOMethod",
+    "two_point",
 ]

@@ -68,7 +68,7 @@ def ending(tracker: Tracker, interrupted: str, on_interrupt: Callable[[], Any] |
         if on_interrupt is not None:
             on_interrupt()
         raise
-    except BaseException as e:
+    except BaseException as e:  # any failure ends the run FAILED with the reason (then re-raised)
         outcome.status, outcome.reason = "FAILED", f"{type(e).__name__}: {e}"
         raise
     finally:
