@@ -316,6 +316,17 @@ def forwards_to_reach(curve: list[dict], target: float) -> int | None:
     return None
 
 
+def reference_not_above_start(runs: list[dict], reference: str) -> list[str]:
+    """Tasks where no finished run of the reference ended above its own first (step-0) dev accuracy: there the
+    target is met at step 0 by any method that starts from the same model, so "fwd to reference" orders nothing."""
+    tasks: dict[str, bool] = {}
+    for r in runs:
+        if r["label"] == reference and r["status"] == "done" and r["curve"]:
+            flat = r["curve"][-1]["dev_accuracy"] <= r["curve"][0]["dev_accuracy"]
+            tasks[r["task"]] = tasks.get(r["task"], True) and flat
+    return [t for t, flat in tasks.items() if flat]
+
+
 def collect(cfg: CompareConfig, specs: list[RunSpec]) -> tuple[list[dict], list[dict]]:
     """Per-run rows and per-(label, task) aggregate rows."""
     runs = []
@@ -385,8 +396,9 @@ def _small_tasks(cfg: CompareConfig) -> str:
                    if n != cfg.num_train)
 
 
-def markdown(cfg: CompareConfig, agg: list[dict], machine: str) -> str:
-    """The report: accuracy matrix, then the per-(method, task) details."""
+def markdown(cfg: CompareConfig, agg: list[dict], machine: str, flat_tasks: list[str] = ()) -> str:
+    """The report: accuracy matrix, then the per-(method, task) details; ``flat_tasks`` are those where the
+    reference did not improve on its step-0 dev accuracy (see :func:`reference_not_above_start`)."""
     own = "".join(f"; {t}: {b} ({b // 2} steps)" for t, b in cfg.task_budgets.items())
     lines = [f"Model `{cfg.model}`, {machine}; budget {cfg.forward_budget} forward passes per run "
              f"(two-point methods: {cfg.forward_budget // 2} steps{own}), batch {cfg.batch_size}, seeds "
@@ -405,10 +417,13 @@ def markdown(cfg: CompareConfig, agg: list[dict], machine: str) -> str:
               "| method | task | steps | test acc % | final dev loss | fwd to reference | reached | wall s | "
               "peak MB |", "|---|---|---|---|---|---|---|---|---|"]
     for a in agg:
-        lines.append(f"| {a['label']} | {a['task']} | {a['steps']} | "
-                     f"{_pct(a)} | {_pm(a['final_dev_loss_mean'], a['final_dev_loss_std'], a['seeds'], fmt='{:.3f}')} | "
+        loss = _pm(a["final_dev_loss_mean"], a["final_dev_loss_std"], a["seeds"], fmt="{:.3f}")
+        lines.append(f"| {a['label']} | {a['task']} | {a['steps']} | {_pct(a)} | {loss} | "
                      f"{_num(a['forwards_to_reference_mean'])} | {a['reached_reference']} | "
                      f"{_num(a['wall_time_s_mean'])} | {_num(a['peak_memory_mb_max'])} |")
+    if flat_tasks:
+        lines += ["", f"On {', '.join(flat_tasks)}, `{cfg.reference}` ended no higher than its step-0 dev accuracy, "
+                      "so every method reaches that target at 0 forward passes and the column orders nothing there."]
     return "\n".join(lines) + "\n"
 
 
@@ -544,7 +559,7 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
         else:
             execute_local(todo, parent.run_id, uri, _threads_of(resources), progress)
         runs, agg = collect(cfg, specs)
-        md = markdown(cfg, agg, machine_line(cfg.device))
+        md = markdown(cfg, agg, machine_line(cfg.device), reference_not_above_start(runs, cfg.reference))
         (out / "results.md").write_text(md)
         files = [out / "results.md", write_csv(agg, out / "results.csv")]
         (out / "results.json").write_text(json.dumps({"aggregate": agg, "runs": runs}, indent=1, default=str))

@@ -12,7 +12,15 @@ import pytest
 from click.testing import CliRunner
 
 from pipelines.cli import main as cli
-from pipelines.compare import README_END, README_START, forwards_to_reach, update_readme
+from pipelines.compare import (
+    README_END,
+    README_START,
+    forwards_to_reach,
+    load_compare_config,
+    markdown,
+    reference_not_above_start,
+    update_readme,
+)
 
 TINY = ["--model", "tiny:llama", "--num-train", "16", "--num-dev", "8", "--num-test", "8", "--batch-size", "4",
         "--eval-points", "2"]
@@ -31,6 +39,28 @@ def test_forwards_to_reach_takes_the_first_evaluation_at_or_above_the_target():
     assert forwards_to_reach(curve, 0.7) == 10
     assert forwards_to_reach(curve, 0.75) == 30
     assert forwards_to_reach(curve, 0.9) is None
+
+
+def test_report_says_where_the_reference_never_beat_its_step_0_dev_accuracy(tmp_path):
+    def run(label, task, accs, status="done"):
+        return {"label": label, "task": task, "status": status,
+                "curve": [{"forwards": 8 * i, "dev_accuracy": a} for i, a in enumerate(accs)]}
+
+    runs = [run("mezo", "sst2", [0.5, 0.7]), run("mezo", "cb", [0.55, 0.48]),
+            run("mezo", "rte", [0.5, 0.5]), run("mezo", "rte", [0.5, 0.6]),  # one seed improved: rte is informative
+            run("mezo", "wic", [0.5, 0.4]), run("mezo", "wic", [0.5, 0.9], status="failed"),
+            run("fo", "cb", [0.55, 0.8])]
+    assert reference_not_above_start(runs, "mezo") == ["cb", "wic"]
+    assert reference_not_above_start(runs, "fo") == []
+
+    cfg = load_compare_config(dict(methods="mezo", tasks="sst2,cb", seeds=1, forward_budget=8, model="tiny:llama",
+                                   out=str(tmp_path)), None)
+    agg = [{"label": "mezo", "task": t, "steps": 4, "seeds": 1, "test_accuracy_mean": 0.6, "test_accuracy_std": 0.0,
+            "final_dev_loss_mean": 0.7, "final_dev_loss_std": 0.0, "forwards_to_reference_mean": 0,
+            "reached_reference": "1/1", "wall_time_s_mean": 1.0, "peak_memory_mb_max": 10} for t in cfg.tasks]
+    assert "orders nothing" not in markdown(cfg, agg, "CPU")
+    last = markdown(cfg, agg, "CPU", ["cb"]).strip().splitlines()[-1]
+    assert last.startswith("On cb, `mezo` ended no higher than its step-0 dev accuracy")
 
 
 def test_update_readme_replaces_only_the_generated_block(tmp_path):
@@ -188,7 +218,7 @@ def test_a_task_budget_gives_every_method_of_that_task_the_same_reduced_budget(t
 def test_dev_curve_plot_draws_zero_shot_as_a_reference_line(tmp_path, monkeypatch):
     import matplotlib.axes
 
-    from pipelines.compare import load_compare_config, plots
+    from pipelines.compare import plots
 
     cfg = load_compare_config(dict(methods="mezo,zero-shot", tasks="sst2,rte", seeds=1, forward_budget=8,
                                    model="tiny:llama", out=str(tmp_path)), None)
