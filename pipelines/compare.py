@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -396,7 +397,7 @@ def _small_tasks(cfg: CompareConfig) -> str:
                    if n != cfg.num_train)
 
 
-def markdown(cfg: CompareConfig, agg: list[dict], machine: str, flat_tasks: list[str] = ()) -> str:
+def markdown(cfg: CompareConfig, agg: list[dict], machine: str, flat_tasks: Sequence[str] = ()) -> str:
     """The report: accuracy matrix, then the per-(method, task) details; ``flat_tasks`` are those where the
     reference did not improve on its step-0 dev accuracy (see :func:`reference_not_above_start`)."""
     own = "".join(f"; {t}: {b} ({b // 2} steps)" for t, b in cfg.task_budgets.items())
