@@ -191,7 +191,7 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
         ZOStepper,
         evaluate,
         lr_lambda,
-        peak_memory_bytes,
+        peak_memory_mb,
         reset_peak_memory,
         train,
     )
@@ -342,7 +342,7 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
             "best_dev_accuracy": history.best_dev_accuracy, "forward_passes": history.forwards,
             "wall_time_s": round(time.perf_counter() - t_start + resumed_wall, 2),
             "train_time_s": round(history.wall_s, 2),
-            "peak_memory_mb": round(peak_memory_bytes(dev) / 2**20, 1), "device": str(dev),
+            "peak_memory_mb": peak_memory_mb(dev), "device": str(dev),
             "final_dev_loss": history.evals[-1]["dev_loss"] if history.evals else math.nan,
             "mlflow_run_id": tracker.run_id,
         })

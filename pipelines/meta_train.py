@@ -119,7 +119,7 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
     """Execute the recipe; returns the JSON summary."""
     from meta.metatrain import meta_train
     from meta.registry import register_policy as register_in_mlflow
-    from zoplatform.loop import peak_memory_bytes, reset_peak_memory
+    from zoplatform.loop import peak_memory_mb, reset_peak_memory
     from zoplatform.models import load_model
     from zoplatform.objectives import make_scorer
     from zoplatform.tracking import NullTracker, ending, mlflow_tracker
@@ -164,7 +164,7 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
             "final_sigma_mean": h["sigma_mean"][-1], "policy_rel_change": res.policy_change,
             "meta_train_time_s": round(res.wall_s, 2),
             # the one-time cost is first-order memory: CUDA max allocated, or the process's max RSS on CPU
-            "peak_memory_mb": round(peak_memory_bytes(device) / 2**20, 1),
+            "peak_memory_mb": peak_memory_mb(device),
             "dev": res.dev, "mlflow_run_id": tracker.run_id,
         }
 

@@ -210,3 +210,8 @@ def peak_memory_bytes(device: Any = "cpu") -> int:
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def peak_memory_mb(device: Any = "cpu") -> float:
+    """:func:`peak_memory_bytes` in MiB, to 0.1 (what run summaries and MLflow record)."""
+    return round(peak_memory_bytes(device) / 2**20, 1)
