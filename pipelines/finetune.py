@@ -154,6 +154,22 @@ def _atomic_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+PREDICTIONS_FILE = "predictions.npz"
+
+
+def save_predictions(path: Path, result, examples) -> Path:
+    """Per-example test predictions of the selected model (``pred``, ``label``, ``uid`` in test-set order), so
+    paired statistics can be recomputed from finished runs without re-running them."""
+    import numpy as np
+
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, pred=np.asarray(result.predictions, dtype=np.int16),
+                        label=np.asarray(result.labels, dtype=np.int16),
+                        uid=np.asarray([e.uid for e in examples], dtype=str))
+    tmp.replace(path)
+    return path
+
+
 def plot_history(history, path: Path, title: str) -> Path:
     import matplotlib
 
@@ -335,6 +351,7 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
                 for (_, p), b in zip(named, best_copy):
                     p.copy_(b.to(p.device))
         test = evaluate(scorer, splits.test, cfg.eval_batch_size)
+        save_predictions(out_dir / PREDICTIONS_FILE, test, splits.test)
         tracker.log_metrics({"test_accuracy": test.accuracy, "test_loss": test.loss}, history.steps_done)
         summary.update({
             "test_accuracy": test.accuracy, "test_loss": test.loss,
@@ -350,7 +367,7 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
         _atomic_json(out_dir / "summary.json", summary)
         plot_history(history, out_dir / "curves.png", f"{cfg.method} on {cfg.task} ({cfg.model})")
         extra = opt.method.report(opt.method_state, opt.blocks, out_dir) if method is not None else []
-        for f in ["curves.png", "summary.json", "state.json", "trajectory.jsonl", *extra]:
+        for f in ["curves.png", "summary.json", "state.json", "trajectory.jsonl", PREDICTIONS_FILE, *extra]:
             if (out_dir / f).is_file():
                 tracker.log_artifact(out_dir / f)
         tracker.log_metrics({"peak_memory_mb": summary["peak_memory_mb"], "wall_time_s": summary["wall_time_s"]},

@@ -38,9 +38,14 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
 
 @dataclass
 class EvalResult:
+    """Mean loss and accuracy over a split, and the per-example predictions
+    (candidate index) and gold labels in the split's order."""
+
     loss: float
     accuracy: float
     n: int
+    predictions: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
 
 
 @torch.inference_mode()
@@ -49,15 +54,18 @@ def evaluate(scorer, examples: Sequence[Example], batch_size: int = 32) -> EvalR
     was_training = scorer.model.training
     scorer.model.eval()
     total, correct = 0.0, 0
+    preds: list[int] = []
     for i in range(0, len(examples), batch_size):
         batch = list(examples[i:i + batch_size])
         scores = scorer.scores(batch)
         labels = torch.tensor([e.label for e in batch], device=scores.device)
         total += float(torch.nn.functional.cross_entropy(scores.float(), labels, reduction="sum"))
-        correct += int((scores.argmax(-1) == labels).sum())
+        pred = scores.argmax(-1)
+        correct += int((pred == labels).sum())
+        preds.extend(pred.tolist())
     scorer.model.train(was_training)
     n = max(len(examples), 1)
-    return EvalResult(total / n, correct / n, len(examples))
+    return EvalResult(total / n, correct / n, len(examples), preds, [e.label for e in examples])
 
 
 def lr_lambda(schedule: str, steps: int) -> Callable[[int], float]:
