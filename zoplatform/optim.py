@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from .params import blocks_from_named
+from .params import blocks_from_named, sync_
+from .precision import check_precision, is_mixed, with_masters
 from .registry import get_method
 from .rng import step_seed
 from .trajectory import Trajectory, layout_digest
@@ -47,22 +48,27 @@ class ZOOptimizer(torch.optim.Optimizer):
         seed: run seed; step t uses ``rng.step_seed(seed, t)``.
         no_decay: names exempt from weight decay.
         record: keep the trajectory (a few bytes per step) in ``self.trajectory``.
+        precision: ``fp32`` (default) or a mode of :mod:`zoplatform.precision`; a mixed mode
+            (``bf16-mixed``) keeps fp32 master copies here and casts the given (fp32)
+            tensors to the working dtype — cast the rest of the model with
+            ``zoplatform.precision.cast_model_`` afterwards.
         **hyper: the method's hyperparameters (validated by its config).
     """
 
     def __init__(self, params, method: str = "mezo", *, seed: int = 0, no_decay: Iterable[str] = (),
-                 record: bool = True, **hyper: Any):
+                 record: bool = True, precision: str = "fp32", **hyper: Any):
         named = _named(params)
         cls = get_method(method)
         self.method = cls(**hyper)
+        self.precision = check_precision(precision)
         super().__init__([p for _, p in named], {"lr": self.method.config.lr})
-        self.blocks = blocks_from_named(named, no_decay)
+        self.blocks = with_masters(blocks_from_named(named, no_decay), precision)
         self.seed = int(seed)
         self.steps = 0
         self.method_state = self.method.init(self.blocks)
         self.last_record: StepRecord | None = None
         self.trajectory = Trajectory(method, self.method.config.model_dump(), self.seed,
-                                     layout_digest(self.blocks)) if record else None
+                                     layout_digest(self.blocks), {"precision": precision}) if record else None
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -81,22 +87,33 @@ class ZOOptimizer(torch.optim.Optimizer):
         return None
 
     def state_dict(self) -> dict:  # type: ignore[override]
-        return {
+        out = {
             "method": self.method.name,
             "config": self.method.config.model_dump(),
             "seed": self.seed,
             "steps": self.steps,
             "lr": self.param_groups[0]["lr"],
+            "precision": self.precision,
             "method_state": {k: (v.clone() if torch.is_tensor(v) else v) for k, v in self.method_state.items()},
         }
+        if is_mixed(self.precision):  # the fp32 masters are the weights; the model holds only their rounding
+            out["masters"] = {b.name: b.master.clone() for b in self.blocks}
+        return out
 
     def load_state_dict(self, state: dict) -> None:  # type: ignore[override]
         if state.get("method") != self.method.name:
             raise ValueError(f"state is for method {state.get('method')!r}, not {self.method.name!r}")
+        if state.get("precision", "fp32") != self.precision:
+            raise ValueError(f"state is for precision {state.get('precision', 'fp32')!r}, not {self.precision!r}")
         self.seed = int(state["seed"])
         self.steps = int(state["steps"])
         self.param_groups[0]["lr"] = state["lr"]
         self.method_state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in state["method_state"].items()}
+        if "masters" in state:
+            with torch.no_grad():
+                for b in self.blocks:
+                    b.master.copy_(state["masters"][b.name])
+            sync_(self.blocks)
 
 
 def optimizer(name: str, params, **hyperparameters: Any) -> ZOOptimizer:

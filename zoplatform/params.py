@@ -16,7 +16,9 @@ with z_b regenerated chunk by chunk from ``(seed, key_b)``.  A perturbation is
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +35,7 @@ class Block:
     param: torch.Tensor
     decay: bool
     key: int
+    master: torch.Tensor | None = None  # fp32 master copy in a mixed-precision mode (param: the working copy)
 
     @property
     def numel(self) -> int:
@@ -82,29 +85,107 @@ MaskRule = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 class Scratch:
-    """Per-device fp32 scratch buffer for generated chunks (one chunk in size)."""
+    """fp32 scratch buffers for generated chunks: one chunk per (device, thread),
+    so blocks can be generated on several threads at once."""
 
     def __init__(self, chunk: int = DEFAULT_CHUNK):
         self.chunk = chunk
-        self._bufs: dict[torch.device, torch.Tensor] = {}
+        self._bufs: dict[tuple[torch.device, int], torch.Tensor] = {}
 
     def get(self, device: torch.device, n: int) -> torch.Tensor:
-        buf = self._bufs.get(device)
-        if buf is None:
+        key = (torch.device(device), threading.get_ident())
+        buf = self._bufs.get(key)
+        if buf is None or buf.numel() < self.chunk:
             # a normal tensor even when first needed under inference_mode, so it
             # stays usable in place outside it (e.g. a step under no_grad later)
             with torch.inference_mode(False):
-                buf = self._bufs[device] = torch.empty(self.chunk, dtype=torch.float32, device=device)
+                buf = self._bufs[key] = torch.empty(self.chunk, dtype=torch.float32, device=device)
         return buf[:n]
 
 
+# --------------------------------------------------------------------------
+# parallel execution over blocks
+# --------------------------------------------------------------------------
+_THREADS: int | None = None  # None: follow torch.get_num_threads()
+_POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
+_POOL_LOCK = threading.Lock()
+
+
+def set_threads(n: int | None) -> None:
+    """Threads that generate directions (one block per thread at a time); ``None``
+    follows ``torch.get_num_threads()``.  Results never depend on it: each block's
+    direction comes from its own generator (see :func:`direction_chunks`)."""
+    global _THREADS
+    if n is not None and int(n) < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    _THREADS = None if n is None else int(n)
+
+
+def get_threads() -> int:
+    return _THREADS if _THREADS is not None else max(1, torch.get_num_threads())
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    global _POOL, _POOL_SIZE
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_SIZE != n:
+            if _POOL is not None:
+                _POOL.shutdown(wait=True)
+            _POOL, _POOL_SIZE = ThreadPoolExecutor(n, thread_name_prefix="zo-dirs"), n
+        return _POOL
+
+
+def for_blocks(blocks: Sequence[Block], fn: Callable[[int], None], threads: int | None = None) -> None:
+    """Run ``fn(i)`` for every block index, spread over ``threads`` threads.
+
+    Blocks are independent (each has its own random stream and its own tensor),
+    so the result is bit-identical to the serial loop whatever the thread count
+    or schedule.  Work is balanced by numel (longest first onto the least
+    loaded thread).  Direction generation (``normal_``, ``randint``) is serial
+    inside torch, which is why threads over blocks pay; the chunks of one block
+    stay on one thread because its stream is sequential.  A CUDA device needs no
+    threads (kernels are asynchronous), so blocks on CUDA run serially.
+    """
+    n = len(blocks)
+    t = min(get_threads() if threads is None else threads, n)
+    if t <= 1 or any(b.param.device.type != "cpu" for b in blocks):
+        for i in range(n):
+            fn(i)
+        return
+    loads, groups = [0] * t, [[] for _ in range(t)]
+    for i in sorted(range(n), key=lambda i: -blocks[i].numel):
+        k = loads.index(min(loads))
+        groups[k].append(i)
+        loads[k] += blocks[i].numel
+
+    mode = torch.is_inference_mode_enabled()
+    grad = torch.is_grad_enabled()
+
+    def run_in_mode(group):  # worker threads do not inherit the caller's autograd modes
+        with torch.inference_mode(mode), torch.set_grad_enabled(grad and not mode):
+            for i in group:
+                fn(i)
+
+    futures = [_pool(t).submit(run_in_mode, g) for g in groups if g]
+    for f in futures:
+        f.result()  # re-raises a worker's exception here
+
+
+def value(block: Block) -> torch.Tensor:
+    """The tensor a method's arithmetic acts on: the fp32 master copy in a mixed-precision
+    mode, else the parameter itself."""
+    return block.master if block.master is not None else block.param.data
+
+
 def direction_chunks(block: Block, seed: int, law: DirectionLaw, scratch: Scratch, stream: int = 0):
-    """Yield ``(flat θ view chunk, z chunk)`` pairs of one block's direction.
+    """Yield ``(offset, flat θ chunk, z chunk)`` of one block's direction (θ: the
+    master copy in a mixed-precision mode, see :func:`value`).
 
     The generator is created per block per call, so the direction depends only
-    on (seed, block key, stream) — not on what ran before.
+    on (seed, block key, stream) — not on what ran before nor on the thread.
     """
-    p = block.param.data
+    p = value(block)
     flat = p.view(-1)  # parameters are contiguous (HF/peft create them so)
     g = generator(block_seed(seed, block.key, stream), p.device)
     for start in range(0, flat.numel(), scratch.chunk):
@@ -113,11 +194,15 @@ def direction_chunks(block: Block, seed: int, law: DirectionLaw, scratch: Scratc
         yield start, flat[start : start + n], z
 
 
+def _per_block(x, n: int) -> list:
+    return [x] * n if x is None or isinstance(x, (int, float, DirectionLaw)) else list(x)
+
+
 @torch.no_grad()
 def axpy_(
     blocks: Sequence[Block],
     seed: int,
-    law: DirectionLaw,
+    law: DirectionLaw | Sequence[DirectionLaw],
     scratch: Scratch,
     alpha: float | Sequence[float],
     beta: float | Sequence[float] = 1.0,
@@ -127,18 +212,24 @@ def axpy_(
 ) -> None:
     """In place, for every block b: θ_b ← β_b·θ_b + α_b·s_b·(m_b ⊙ z_b).
 
-    ``alpha``/``beta`` are scalars or one value per block; ``scale`` (s_b) is an
+    ``alpha``/``beta`` are scalars or one value per block; ``law`` one law or one
+    per block (e.g. a masked or norm-measuring wrapper); ``scale`` (s_b) is an
     optional per-block direction scale (CurvZO's 1/π, ZO Fine-tuner's c·σ_b);
     ``mask`` an optional rule giving m_b from the current θ chunk.  All
     coefficients are Python floats (fp64) applied by one fused ``add_``.
+    Blocks run on :func:`get_threads` threads (:func:`for_blocks`).  With a
+    master copy (mixed precision) θ is the fp32 master and the low-precision
+    parameter is rewritten from it in the same pass.
     """
     n = len(blocks)
-    alphas = [alpha] * n if isinstance(alpha, (int, float)) else list(alpha)
-    betas = [beta] * n if isinstance(beta, (int, float)) else list(beta)
-    for i, block in enumerate(blocks):
+    alphas, betas, laws = _per_block(alpha, n), _per_block(beta, n), _per_block(law, n)
+
+    def one(i: int) -> None:
+        block = blocks[i]
         a = alphas[i] * (1.0 if scale is None else scale[i])
         b = betas[i]
-        for start, theta, z in direction_chunks(block, seed, law, scratch, stream):
+        work = block.param.data.view(-1) if block.master is not None else None
+        for start, theta, z in direction_chunks(block, seed, laws[i], scratch, stream):
             if mask is not None:
                 z.mul_(mask(theta, start))
             if b != 1.0:
@@ -148,8 +239,68 @@ def axpy_(
                     theta.add_(z, alpha=a)
                 else:  # bf16/fp16 weights: z generated in fp32, cast once per chunk
                     theta.add_(z.to(theta.dtype), alpha=a)
+            if work is not None:
+                work[start:start + theta.numel()].copy_(theta)
+
+    for_blocks(blocks, one)
+
+
+@torch.no_grad()
+def two_point_(blocks: Sequence[Block], seed: int, law, scratch: Scratch, closure: Callable[[], object],
+               eps: float, scale: Sequence[float] | None = None, stream: int = 0,
+               first_law=None) -> tuple[object, object]:
+    """SPSA's two evaluations on one batch, L(θ + εu) then L(θ − εu), u_b = s_b·z_b.
+
+    Leaves θ at θ − εu, so the caller fuses the restore (+εu) with its update
+    (one pass over the directions saved).  fp32: the passes +εu and −2εu.
+    Mixed precision: the first pass writes the working copy as low(θ + εu) and
+    moves the master to θ − εu in one generation; the second evaluation only
+    needs the working copy rewritten from the master (a copy, no random numbers),
+    so a step generates its directions twice instead of three times.
+    ``first_law`` (default ``law``): the laws of the first pass, one or one per block.
+    """
+    n = len(blocks)
+    laws = _per_block(law, n)
+    firsts = laws if first_law is None else _per_block(first_law, n)
+    mixed = [b.master is not None for b in blocks]
+    if not any(mixed):
+        axpy_(blocks, seed, firsts, scratch, eps, scale=scale, stream=stream)
+        loss_plus = closure()
+        axpy_(blocks, seed, laws, scratch, -2.0 * eps, scale=scale, stream=stream)
+        return loss_plus, closure()
+
+    def first(i: int) -> None:
+        block = blocks[i]
+        a = eps * (1.0 if scale is None else scale[i])
+        if block.master is None:
+            axpy_([block], seed, firsts[i], scratch, a, stream=stream)
+            return
+        work = block.param.data.view(-1)
+        for start, theta, z in direction_chunks(block, seed, firsts[i], scratch, stream):
+            theta.add_(z, alpha=-a)                       # master: θ − εu
+            work[start:start + theta.numel()].copy_(torch.add(theta, z, alpha=2.0 * a, out=z))  # low(θ + εu)
+
+    for_blocks(blocks, first)
+    loss_plus = closure()
+    plain = [b for b, m in zip(blocks, mixed) if not m]
+    if plain:
+        axpy_(plain, seed, [lw for lw, m in zip(laws, mixed) if not m], scratch, -2.0 * eps,
+              scale=None if scale is None else [s for s, m in zip(scale, mixed) if not m], stream=stream)
+    sync_([b for b, m in zip(blocks, mixed) if m])
+    return loss_plus, closure()
+
+
+@torch.no_grad()
+def sync_(blocks: Sequence[Block]) -> None:
+    """Rewrite the low-precision working copies from their fp32 masters (round to nearest)."""
+    todo = [b for b in blocks if b.master is not None]
+
+    def one(i: int) -> None:
+        todo[i].param.data.copy_(todo[i].master)
+
+    for_blocks(todo, one)
 
 
 def snapshot(blocks: Sequence[Block]) -> list[torch.Tensor]:
-    """Copies of the blocks' tensors (tests and replay checks only)."""
-    return [b.param.detach().clone() for b in blocks]
+    """Copies of the blocks' tensors (their masters in a mixed-precision mode; tests and replay checks)."""
+    return [value(b).detach().clone() for b in blocks]

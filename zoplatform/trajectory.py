@@ -24,7 +24,8 @@ def layout_digest(blocks: Sequence[Block]) -> str:
     """Digest of the trainable layout (names, shapes, dtypes) a trajectory applies to."""
     h = hashlib.sha256()
     for b in blocks:
-        h.update(f"{b.name}:{tuple(b.param.shape)}:{b.param.dtype}:{int(b.decay)};".encode())
+        mixed = "" if b.master is None else f":master={b.master.dtype}"  # fp32 digests stay as they were
+        h.update(f"{b.name}:{tuple(b.param.shape)}:{b.param.dtype}:{int(b.decay)}{mixed};".encode())
     return h.hexdigest()[:16]
 
 

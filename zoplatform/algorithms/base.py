@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from ..config import StrictModel, validate
-from ..params import Block, Scratch, axpy_
+from ..params import Block, Scratch, axpy_, two_point_
 from ..rng import make_law
 from ..types import StepRecord
 
@@ -83,7 +83,34 @@ class ZOMethod:
     # -- shared pieces ----------------------------------------------------
     def perturb(self, blocks, seed, alpha, **kw) -> None:
         """θ ← θ + alpha · u(seed) on ``blocks``."""
-        axpy_(blocks, seed, self.law, self.scratch, alpha, **kw)
+        kw.setdefault("law", self.law)
+        axpy_(blocks, seed, kw.pop("law"), self.scratch, alpha, **kw)
+
+    def two_point(self, blocks, seed, closure: Closure, scale=None, law=None, first_law=None,
+                  stream: int = 0) -> tuple[float, float]:
+        """L(θ + εu), L(θ − εu) on one batch, u_b = s_b·z_b (``scale`` s, optional); leaves θ at θ − εu
+        for :meth:`restore_update`.  ``law``: one direction law or one per block (default: the
+        method's); ``first_law``: the laws of the first pass if they differ (e.g. one that also
+        measures ‖z‖², or one that builds a mask).  See :func:`~zoplatform.params.two_point_`."""
+        law = self.law if law is None else law
+        lp, lm = two_point_(blocks, seed, law, self.scratch, lambda: as_float(closure()), self.config.eps,
+                            scale=scale, stream=stream, first_law=first_law)
+        return lp, lm
+
+    def restore_update(self, blocks, seed, lr: float, g: float | None = None, *, steps=None, scale=None,
+                       law=None, stream: int = 0) -> None:
+        """Restore and SGD step fused into one pass over the directions, from θ' = θ − εu:
+
+            θ_b ← β_b·θ'_b + (ε·β_b − η·g)·s_b·z_b,   β_b = 1 − η·λ (decayed blocks) else 1
+
+        i.e. θ_b ← β_b·θ_b − η·g·u_b with g the projected gradient; ``steps`` gives η·g_b per
+        block instead (e.g. CurvZO's ηΔ/π̃_b)."""
+        eps, wd = self.config.eps, getattr(self.config, "weight_decay", 0.0)
+        steps = [lr * g] * len(blocks) if steps is None else list(steps)
+        betas = [1.0 - lr * wd if b.decay else 1.0 for b in blocks]
+        alphas = [eps * beta - st for beta, st in zip(betas, steps)]
+        axpy_(blocks, seed, self.law if law is None else law, self.scratch, alphas, beta=betas, scale=scale,
+              stream=stream)
 
 
 def two_point(closure: Closure, perturb: Callable[[float], None], eps: float) -> tuple[float, float]:

@@ -126,10 +126,10 @@ from pydantic import Field
 
 from ..config import StrictModel
 from ..errors import ConfigError
-from ..params import Block, axpy_
+from ..params import Block
 from ..rng import DirectionLaw, block_seed, generator, name_key
 from ..types import StepRecord
-from .base import ZOMethod, as_float
+from .base import ZOMethod
 
 _SAMPLE_STREAM = 0xC0F1
 _SAMPLE_KEY = name_key("curvzo.poisson-sampling")
@@ -330,20 +330,13 @@ class CurvZO(ZOMethod):
         idx = self.sample(pi, seed)
         sub = [blocks[i] for i in idx]
         # 2. L± at θ ± ε z_S; the first pass also measures ‖z_b‖² of each sampled block
-        zsq = []
-        for b in sub:
-            tap = _NormTap(self.law)
-            axpy_([b], seed, tap, self.scratch, c.eps)
-            zsq.append(tap.sq)
-        loss_plus = as_float(closure())
-        axpy_(sub, seed, self.law, self.scratch, -2.0 * c.eps)
-        loss_minus = as_float(closure())
+        taps = [_NormTap(self.law) for _ in sub]
+        loss_plus, loss_minus = self.two_point(sub, seed, closure, first_law=taps)
+        zsq = [tap.sq for tap in taps]
         # 3. projected gradient
         delta = (loss_plus - loss_minus) / (2.0 * c.eps)
         # 4. restore + decay + Horvitz–Thompson step, fused: α_b = εβ_b − ηΔ/π̃_b
-        betas = [1.0 - lr * c.weight_decay if b.decay else 1.0 for b in sub]
-        alphas = [c.eps * beta - lr * delta / float(pi_real[i]) for beta, i in zip(betas, idx)]
-        axpy_(sub, seed, self.law, self.scratch, alphas, beta=betas)
+        self.restore_update(sub, seed, lr, steps=[lr * delta / float(pi_real[i]) for i in idx])
         # 5. curvature scores of the sampled blocks (and the contrast profile's "out" EMA)
         new = dict(state)
         new["scores"], extra_state = self._update_scores(state, blocks, idx, zsq, pi, delta)

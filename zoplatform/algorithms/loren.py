@@ -109,7 +109,7 @@ import torch
 from pydantic import Field
 
 from ..config import StrictModel
-from ..params import Block, direction_chunks
+from ..params import Block, direction_chunks, for_blocks, sync_, value
 from ..rng import block_seed, generator
 from ..types import StepRecord
 from .base import ZOMethod, as_float
@@ -205,8 +205,8 @@ class LOREN(ZOMethod):
         state: dict = {"t": 0}
         with torch.inference_mode(False):
             for b in blocks:
-                if b.param.dim() >= 2:
-                    state[f"momentum/{b.name}"] = torch.zeros_like(b.param, memory_format=torch.contiguous_format)
+                if b.param.dim() >= 2:  # the dtype θ's arithmetic runs in (the fp32 master in a mixed mode)
+                    state[f"momentum/{b.name}"] = torch.zeros_like(value(b), memory_format=torch.contiguous_format)
         return state
 
     def _init_a(self, state: dict, blocks, seed: int) -> None:
@@ -249,7 +249,7 @@ class LOREN(ZOMethod):
         Restore (``coef`` given, alpha < 0) applies the two parts in reverse order.
         Returns γ(â·u)/s (the coefficient of â in v_k)."""
         m, n = _shape(b)
-        rows = b.param.data.view(m, n)
+        rows = value(b).view(m, n)
         if coef is not None and coef != 0.0:  # restore: â part first (reverse order)
             _add_(rows, a, -alpha * coef)
         for start, theta, z in direction_chunks(b, seed, self.law, self.scratch, stream=k):
@@ -302,15 +302,21 @@ class LOREN(ZOMethod):
         # 1. K one-sided queries at θ + εv_k (a fixed at the step's value); keep Σ_rows u_k per block
         rowsums: list[list[torch.Tensor]] = []
         losses = []
+        n_blocks = len(blocks)
         for k in range(K):
-            cs, coefs = [], []
-            for b in blocks:
-                ck = torch.zeros(_shape(b)[1], dtype=torch.float32, device=b.param.device)
-                coefs.append(self._perturb(b, a0[b.name], seed, k, c.eps, c=ck))
-                cs.append(ck)
+            cs = [torch.zeros(_shape(b)[1], dtype=torch.float32, device=b.param.device) for b in blocks]
+            coefs = [0.0] * n_blocks
+
+            def perturb(i, k=k, cs=cs, coefs=coefs):
+                coefs[i] = self._perturb(blocks[i], a0[blocks[i].name], seed, k, c.eps, c=cs[i])
+
+            def restore(i, k=k, coefs=coefs):
+                self._perturb(blocks[i], a0[blocks[i].name], seed, k, -c.eps, coef=coefs[i])
+
+            for_blocks(blocks, perturb)
+            sync_(blocks)  # mixed precision: the working copies see θ + εv_k
             losses.append(as_float(closure()))
-            for b, coef in zip(blocks, coefs):  # restore
-                self._perturb(b, a0[b.name], seed, k, -c.eps, coef=coef)
+            for_blocks(blocks, restore)
             rowsums.append(cs)
         # 2. RLOO weights: w_k = f_k − mean(f);  g_k = w_k v_k / (ε(K−1))
         fmean = sum(losses) / K
@@ -321,18 +327,24 @@ class LOREN(ZOMethod):
         # 3. updates of θ, M and a
         if c.update == "per_query":
             a = dict(a0)
+
+            def query_update(i, k):
+                b = blocks[i]
+                m, _ = _shape(b)
+                ak, ck = a[b.name], rowsums[k][i]
+                d, _, gs = self._coefs(ak, ck, m)  # with the current a, as the code does
+                self._apply(b, ak, seed, k, gs * d, cg[k], new.get(f"momentum/{b.name}"), lr, betas[i])
+                if c.lr_cov != 0.0 or a_decay != 1.0:
+                    grad = self._grad_a(ak, ck, m, w[k]) / (K - 1)
+                    a[b.name] = (ak.double() * a_decay - c.lr_cov * grad).float()
+
             for k in range(K):
-                for i, b in enumerate(blocks):
-                    m, _ = _shape(b)
-                    ak, ck = a[b.name], rowsums[k][i]
-                    d, _, gs = self._coefs(ak, ck, m)  # with the current a, as the code does
-                    self._apply(b, ak, seed, k, gs * d, cg[k], new.get(f"momentum/{b.name}"), lr, betas[i])
-                    if c.lr_cov != 0.0 or a_decay != 1.0:
-                        grad = self._grad_a(ak, ck, m, w[k]) / (K - 1)
-                        a[b.name] = (ak.double() * a_decay - c.lr_cov * grad).float()
+                for_blocks(blocks, lambda i, k=k: query_update(i, k))
         else:
             a = {}
-            for i, b in enumerate(blocks):
+
+            def step_update(i):
+                b = blocks[i]
                 m, _ = _shape(b)
                 ab, mom = a0[b.name], new.get(f"momentum/{b.name}")
                 coefs = []
@@ -344,21 +356,24 @@ class LOREN(ZOMethod):
                     for k in range(K):
                         self._accumulate(b, ab, seed, k, coefs[k], cg[k], mom)
                     if betas[i] != 1.0:
-                        b.param.data.mul_(betas[i])
+                        value(b).mul_(betas[i])
                     if lr != 0.0:
-                        b.param.data.add_(mom, alpha=-lr)
+                        value(b).add_(mom, alpha=-lr)
                 else:  # θ ← βθ − η Σ_k g_k
                     if betas[i] != 1.0:
-                        b.param.data.mul_(betas[i])
+                        value(b).mul_(betas[i])
                     if lr != 0.0:
                         for k in range(K):
                             if cg[k] != 0.0:
-                                self._accumulate(b, ab, seed, k, coefs[k], -lr * cg[k], b.param.data)
+                                self._accumulate(b, ab, seed, k, coefs[k], -lr * cg[k], value(b))
                 if c.lr_cov != 0.0 or a_decay != 1.0:
                     grad = sum(self._grad_a(ab, rowsums[k][i], m, w[k]) for k in range(K)) / (K - 1)
                     a[b.name] = (ab.double() * a_decay - c.lr_cov * grad).float()
                 else:
                     a[b.name] = ab
+
+            for_blocks(blocks, step_update)
+        sync_(blocks)  # mixed precision: the working copies get the updated θ
         for b in blocks:
             new[f"a/{b.name}"] = a[b.name]
         new["t"] = int(state.get("t", 0)) + 1

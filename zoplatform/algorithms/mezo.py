@@ -33,7 +33,7 @@ from pydantic import Field
 
 from ..config import StrictModel
 from ..types import StepRecord
-from .base import ZOMethod, two_point
+from .base import ZOMethod
 
 
 class MeZOConfig(StrictModel):
@@ -56,11 +56,9 @@ class MeZO(ZOMethod):
     def step(self, state, blocks, closure, seed, lr):
         c = self.config
         # 1. two evaluations on the same batch at θ ± εz
-        loss_plus, loss_minus = two_point(closure, lambda a: self.perturb(blocks, seed, a), c.eps)
+        loss_plus, loss_minus = self.two_point(blocks, seed, closure)
         # 2. projected gradient (a scalar)
         g = (loss_plus - loss_minus) / (2.0 * c.eps)
         # 3. restore + decay + SGD step, fused into one pass over z
-        betas = [1.0 - lr * c.weight_decay if b.decay else 1.0 for b in blocks]
-        alphas = [c.eps * beta - lr * g for beta in betas]
-        self.perturb(blocks, seed, alphas, beta=betas)
+        self.restore_update(blocks, seed, lr, g)
         return state, StepRecord(seed, (loss_plus, loss_minus), lr, (g,))

@@ -74,16 +74,17 @@ True
 from __future__ import annotations
 
 import math
+import threading
 from typing import Literal
 
 import torch
 from pydantic import Field
 
 from ..config import StrictModel
-from ..params import Block, axpy_
+from ..params import Block, value
 from ..rng import DirectionLaw, block_seed, generator
 from ..types import StepRecord
-from .base import ZOMethod, as_float
+from .base import ZOMethod
 
 # Stream ids that separate this method's extra randomness from the directions (stream 0).
 _THRESHOLD_STREAM = 0x5A11
@@ -165,8 +166,7 @@ class _StepMasks:
     def __init__(self, kind: str, keep: float, thresholds: torch.Tensor, seed: int, chunk: int):
         self.kind, self.keep, self.thresholds, self.seed, self.chunk = kind, keep, thresholds, seed, chunk
         self.packed: dict[int, torch.Tensor] = {}
-        self.kept = 0  # entries perturbed this step (counted in the first pass)
-        self._bufs: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._bufs: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._bits: dict[torch.device, torch.Tensor] = {}
         self._offsets: dict[int, tuple[torch.device, int]] = {}
 
@@ -191,11 +191,12 @@ class _StepMasks:
         self._bits, self._bufs = {}, {}
 
     def buffers(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(compact draws, chunk+1 fp32; ranks, chunk int32) on ``device``."""
-        if device not in self._bufs:
-            self._bufs[device] = (torch.empty(self.chunk + 1, dtype=torch.float32, device=device),
-                                  torch.empty(self.chunk, dtype=torch.int32, device=device))
-        return self._bufs[device]
+        """(compact draws, chunk+1 fp32; ranks, chunk int32) on ``device``, one pair per thread."""
+        key = (device, threading.get_ident())
+        if key not in self._bufs:
+            self._bufs[key] = (torch.empty(self.chunk + 1, dtype=torch.float32, device=device),
+                               torch.empty(self.chunk, dtype=torch.int32, device=device))
+        return self._bufs[key]
 
     def chunk_rule(self, i: int, block: Block, first: bool):
         """(θ chunk, flat offset) -> bool mask of the chunk, for block ``i`` in one pass."""
@@ -232,8 +233,9 @@ class _MaskedLaw(DirectionLaw):
 
     def __init__(self, inner: DirectionLaw, block: Block, rule, masks: _StepMasks):
         self.inner, self.name, self.rule, self.masks = inner, inner.name, rule, masks
-        self.flat = block.param.data.view(-1)
+        self.flat = value(block).view(-1)
         self.pos = 0
+        self.kept = 0  # entries drawn by this law (the first pass's count is the step's)
 
     def fill_(self, out, g):
         n = out.numel()
@@ -243,7 +245,7 @@ class _MaskedLaw(DirectionLaw):
         draws, ranks = self.masks.buffers(out.device)
         rank = torch.cumsum(m, 0, dtype=torch.int32, out=ranks[:n])
         k = int(rank[-1]) if n else 0
-        self.masks.kept += k
+        self.kept += k
         draws[0] = 0.0
         self.inner.fill_(draws[1:k + 1], g)
         return torch.index_select(draws[:k + 1], 0, rank.mul_(m), out=out)
@@ -279,12 +281,10 @@ class SparseMeZO(ZOMethod):
                                            block_seed(seed, b.key, _THRESHOLD_STREAM))
         return h
 
-    def _pass(self, blocks, active, masks: _StepMasks, seed, alphas, betas, first: bool) -> None:
-        """One pass over the active blocks' (masked) directions: θ_b ← β_b θ_b + α_b m_b⊙z_b."""
-        for i in active:
-            b = blocks[i]
-            law = _MaskedLaw(self.law, b, masks.chunk_rule(i, b, first), masks) if self.is_masked(b) else self.law
-            axpy_([b], seed, law, self.scratch, alphas[i], beta=betas[i])
+    def _laws(self, blocks, active, masks: _StepMasks, first: bool) -> list[DirectionLaw]:
+        """The active blocks' direction laws for one pass: masked (compact) for masked blocks."""
+        return [_MaskedLaw(self.law, blocks[i], masks.chunk_rule(i, blocks[i], first), masks)
+                if self.is_masked(blocks[i]) else self.law for i in active]
 
     def step(self, state, blocks, closure, seed, lr):
         c = self.config
@@ -296,20 +296,16 @@ class SparseMeZO(ZOMethod):
             thresholds = self.refresh_thresholds(state, blocks, seed)
         masks = _StepMasks(c.mask, 1.0 - c.sparsity, thresholds, seed, self.scratch.chunk)
         masks.reserve(blocks, [i for i in active if self.is_masked(blocks[i])])
-        n = len(blocks)
-        # 1. L+ at θ + ε m⊙z  (the first pass fixes the step's mask)
-        self._pass(blocks, active, masks, seed, [c.eps] * n, [1.0] * n, first=True)
-        kept = masks.kept
-        loss_plus = as_float(closure())
-        # 2. L− at θ − ε m⊙z  (same mask, unpacked)
-        self._pass(blocks, active, masks, seed, [-2.0 * c.eps] * n, [1.0] * n, first=False)
-        loss_minus = as_float(closure())
+        sub = [blocks[i] for i in active]
+        # 1-2. L± at θ ± ε m⊙z: the first pass fixes the step's mask (kept bit-packed), the second unpacks it
+        first = self._laws(blocks, active, masks, first=True)
+        loss_plus, loss_minus = self.two_point(sub, seed, closure, first_law=first,
+                                               law=self._laws(blocks, active, masks, first=False))
+        kept = sum(law.kept for law in first if isinstance(law, _MaskedLaw))
         # 3. projected gradient
         g = (loss_plus - loss_minus) / (2.0 * c.eps)
         # 4. restore + decay + SGD step on the masked coordinates, one fused pass
-        betas = [1.0 - lr * c.weight_decay if b.decay else 1.0 for b in blocks]
-        alphas = [c.eps * beta - lr * g for beta in betas]
-        self._pass(blocks, active, masks, seed, alphas, betas, first=False)
+        self.restore_update(sub, seed, lr, g, law=self._laws(blocks, active, masks, first=False))
         masks.release()  # the step's mask bits and buffers are freed here
         # the fraction of trainable coordinates perturbed this step (dense blocks count fully)
         dense = sum(blocks[i].numel for i in active if not self.is_masked(blocks[i]))

@@ -19,6 +19,15 @@ covariance diag(cσ)² has the trace of the identity's), and only the *relative*
 matrices, which count ``min(rows, R_b) × hidden``: the paper's heuristic that
 only the rows a batch touches matter (it uses 15·batch·world rows).
 
+Policy kinds (``policy.json``'s ``network.kind``; a file without one is ``mlp``):
+
+* ``mlp`` — the paper's network above (what ``zo meta-train --profile paper`` writes).
+* ``scale`` — [departure, not in the paper] a constant σ_b per block, stored as
+  ``sigma [B]`` (no features, no per-step block statistics).  Written by
+  ``zo meta-train --profile descent`` (``meta/metatrain.py``), which fits σ to a
+  closed-form expected ZO descent instead of the paper's η_u-scaled lookahead;
+  the same trace normalisation c applies at deployment.
+
 Deployment step (MeZO with per-block direction scale s_b = c·σ_b)::
 
     σ, c from the policy (no grad);    u_b = c σ_b z_b,  z ~ N(0, I) from the step seed
@@ -53,8 +62,9 @@ Choices where the source is silent or where we differ [recon]
 * The policy is never a pickle: safetensors weights + a JSON schema
   (:func:`save_policy` / :func:`load_policy`), matched to the blocks by name
   and shape; any mismatch is a one-line :class:`~zoplatform.errors.ConfigError`.
-* Per-block features are read from every block each step: one read-only pass
-  over the weights in addition to MeZO's three direction passes.
+* Per-block features are read from every block each step (``mlp`` kind): one
+  read-only pass over the weights in addition to MeZO's three direction passes.
+  A ``scale`` policy needs none.
 
 Example — a quadratic over 4 tensors (identity policy, i.e. MeZO):
 
@@ -81,7 +91,7 @@ from pydantic import Field
 
 from ..config import StrictModel
 from ..errors import ConfigError
-from ..params import Block, Scratch, axpy_, trainable_named
+from ..params import Block, Scratch, axpy_, trainable_named, value
 from ..rng import DirectionLaw
 from ..types import StepRecord
 from .base import ZOMethod, two_point
@@ -95,6 +105,9 @@ WEIGHTS_FILE = "policy.safetensors"
 FEATURES = ("mean", "var", "prev_loss_plus", "prev_loss_minus", "prev_sigma")
 HIDDEN = 64
 WEIGHT_KEYS = ("w1", "b1", "w2", "b2")  # stacked over blocks: [B,H,F], [B,H], [B,H], [B]
+KIND_MLP, KIND_SCALE = "mlp", "scale"  # policy.json network.kind (absent: mlp, the paper's network)
+POLICY_KINDS = (KIND_MLP, KIND_SCALE)
+SCALE_KEYS = ("sigma",)  # the scale kind: σ_b per block, [B]
 DEFAULT_EMBEDDING_ROWS = 240  # 15 · batch 16 · 1 device: the paper's rule at its deployment batch
 DEFAULT_EMBEDDING_PATTERN = (r"(^|\.)(embed_tokens|embed_positions|wte|wpe|word_embeddings|"
                              r"position_embeddings|embed_in)\.weight$")
@@ -129,7 +142,7 @@ def block_stats(blocks: Sequence[Block]) -> torch.Tensor:
     """``[B, 2]`` fp32 (mean θ_b, population var θ_b) on CPU."""
     rows = []
     for b in blocks:
-        var, mean = torch.var_mean(b.param.detach().float(), correction=0)
+        var, mean = torch.var_mean(value(b).detach().float(), correction=0)  # the fp32 master in a mixed mode
         rows.append(torch.stack([mean, var]).to("cpu"))
     return torch.stack(rows)
 
@@ -207,6 +220,11 @@ class Policy:
     def embedding_rows(self) -> int:
         return int(self.schema["normalisation"]["embedding_rows"])
 
+    @property
+    def kind(self) -> str:
+        """``mlp`` (the paper's network) or ``scale`` (constant σ_b per block)."""
+        return policy_kind(self.schema)
+
     def for_blocks(self, blocks: Sequence[Block]) -> tuple[dict[str, torch.Tensor], list[bool]]:
         """Weights re-ordered to ``blocks`` and each block's embedding flag; a
         layout mismatch is a one-line ConfigError."""
@@ -235,17 +253,28 @@ class Policy:
 
 
 def make_schema(blocks: Sequence[tuple[str, Sequence[int], bool]], *, base_model: str, embedding_rows: int,
-                hidden: int = HIDDEN, meta: Mapping | None = None) -> dict:
-    """The JSON schema of a policy for ``blocks`` = (name, shape, is_embedding) triples."""
+                hidden: int = HIDDEN, meta: Mapping | None = None, kind: str = KIND_MLP) -> dict:
+    """The JSON schema of a policy for ``blocks`` = (name, shape, is_embedding) triples.
+
+    ``kind``: ``mlp`` (the paper's per-block PertNN on :data:`FEATURES`) or
+    ``scale`` (a constant σ_b per block, no features)."""
+    if kind not in POLICY_KINDS:
+        raise ConfigError(f"make_schema: policy kind {kind!r} is unknown; choose one of {', '.join(POLICY_KINDS)}")
+    if kind == KIND_MLP:
+        features, init = list(FEATURES), {"prev_loss_plus": 0.0, "prev_loss_minus": 0.0, "prev_sigma": 1.0}
+        network = {"kind": KIND_MLP, "hidden": int(hidden), "activation": "tanh", "output": "abs",
+                   "weights": {"w1": "[B,H,F]", "b1": "[B,H]", "w2": "[B,H]", "b2": "[B]"}}
+    else:
+        features, init = [], {}
+        network = {"kind": KIND_SCALE, "output": "sigma_b, constant per block (> 0)", "weights": {"sigma": "[B]"}}
     return {
         "format": FORMAT,
         "version": 1,
         "base_model": base_model,
         "blocks": [{"name": n, "shape": [int(s) for s in shape], "embedding": bool(e)} for n, shape, e in blocks],
-        "features": list(FEATURES),
-        "feature_init": {"prev_loss_plus": 0.0, "prev_loss_minus": 0.0, "prev_sigma": 1.0},
-        "network": {"hidden": int(hidden), "activation": "tanh", "output": "abs",
-                    "weights": {"w1": "[B,H,F]", "b1": "[B,H]", "w2": "[B,H]", "b2": "[B]"}},
+        "features": features,
+        "feature_init": init,
+        "network": network,
         "normalisation": {"kind": "trace", "formula": "c = sqrt(sum_b n_b / sum_b n_b sigma_b^2)",
                           "embedding_rows": int(embedding_rows),
                           "embedding_count": "min(embedding_rows, rows) * hidden"},
@@ -253,28 +282,49 @@ def make_schema(blocks: Sequence[tuple[str, Sequence[int], bool]], *, base_model
     }
 
 
+def policy_kind(schema: Mapping) -> str:
+    """``mlp`` or ``scale`` (a schema written before kinds existed is ``mlp``)."""
+    net = schema.get("network") if isinstance(schema, Mapping) else None
+    return str(net.get("kind", KIND_MLP)) if isinstance(net, Mapping) else KIND_MLP
+
+
+def weight_keys(kind: str) -> tuple[str, ...]:
+    return WEIGHT_KEYS if kind == KIND_MLP else SCALE_KEYS
+
+
 def save_policy(directory: str | Path, weights: Mapping[str, torch.Tensor], schema: dict) -> Path:
     """Write ``policy.safetensors`` + ``policy.json`` into ``directory``; returns it."""
     from safetensors.torch import save_file
 
-    _check_weights(weights, len(schema["blocks"]), int(schema["network"]["hidden"]), "save_policy")
+    kind = policy_kind(schema)
+    _check_weights(weights, len(schema["blocks"]), schema, "save_policy")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    tensors = {k: weights[k].detach().to("cpu", torch.float32).contiguous().clone() for k in WEIGHT_KEYS}
+    tensors = {k: weights[k].detach().to("cpu", torch.float32).contiguous().clone() for k in weight_keys(kind)}
     save_file(tensors, str(d / WEIGHTS_FILE), metadata={"format": FORMAT})
     (d / SCHEMA_FILE).write_text(json.dumps(schema, indent=1))
     return d
 
 
-def _check_weights(weights: Mapping[str, torch.Tensor], n: int, hidden: int, where: str) -> None:
-    f = len(FEATURES)
-    want = {"w1": (n, hidden, f), "b1": (n, hidden), "w2": (n, hidden), "b2": (n,)}
+def _check_weights(weights: Mapping[str, torch.Tensor], n: int, schema: Mapping, where: str) -> None:
+    kind = policy_kind(schema)
+    if kind == KIND_MLP:
+        hidden, f = int(schema["network"]["hidden"]), len(FEATURES)
+        want = {"w1": (n, hidden, f), "b1": (n, hidden), "w2": (n, hidden), "b2": (n,)}
+    else:
+        want = {"sigma": (n,)}
     for k, shape in want.items():
         if k not in weights:
-            raise ConfigError(f"{where}: policy weights lack {k!r} (need {', '.join(WEIGHT_KEYS)})")
+            raise ConfigError(f"{where}: policy weights lack {k!r} (a {kind!r} policy needs "
+                              f"{', '.join(weight_keys(kind))})")
         if tuple(weights[k].shape) != shape:
             raise ConfigError(f"{where}: policy weight {k!r} has shape {list(weights[k].shape)}, "
                               f"expected {list(shape)} for {n} blocks")
+    if kind == KIND_SCALE:
+        sig = weights["sigma"].detach().double()
+        if not bool(torch.isfinite(sig).all()) or not bool((sig > 0).all()):
+            raise ConfigError(f"{where}: a 'scale' policy needs finite sigma > 0 for every block "
+                              f"(min {float(sig.min()):.3g})")
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -301,16 +351,21 @@ def load_policy(path: str | Path) -> Policy:
         got = schema.get("format") if isinstance(schema, dict) else type(schema).__name__
         raise ConfigError(f"zo-finetuner: {d / SCHEMA_FILE} is not a zoplatform policy "
                           f"(format {got!r}, expected {FORMAT!r})")
-    if list(schema.get("features", [])) != list(FEATURES):
+    kind = policy_kind(schema)
+    if kind not in POLICY_KINDS:
+        raise ConfigError(f"zo-finetuner: {d / SCHEMA_FILE} has policy kind {kind!r}; this version reads "
+                          f"{', '.join(POLICY_KINDS)}")
+    expected = list(FEATURES) if kind == KIND_MLP else []
+    if list(schema.get("features", [])) != expected:
         raise ConfigError(f"zo-finetuner: {d / SCHEMA_FILE} uses features {schema.get('features')}, "
-                          f"this version computes {list(FEATURES)}")
+                          f"this version computes {expected} for a {kind!r} policy")
     try:
         weights = load_file(str(d / WEIGHTS_FILE))
     except (SafetensorError, OSError, ValueError) as e:
         raise ConfigError(f"zo-finetuner: {d / WEIGHTS_FILE} is not a readable safetensors file "
                           f"({str(e).splitlines()[0][:120]})") from None
-    _check_weights(weights, len(schema["blocks"]), int(schema["network"]["hidden"]), f"zo-finetuner: {d}")
-    return Policy(schema, {k: weights[k].float() for k in WEIGHT_KEYS}, str(d))
+    _check_weights(weights, len(schema["blocks"]), schema, f"zo-finetuner: {d}")
+    return Policy(schema, {k: weights[k].float() for k in weight_keys(kind)}, str(d))
 
 
 # --------------------------------------------------------------------------
@@ -326,6 +381,8 @@ class ZOFinetunerConfig(StrictModel):
     chunk_size: int = Field(1 << 20, ge=1024, description="elements generated per chunk (scratch memory)")
     policy: str | None = Field(None, description="policy directory (policy.json + policy.safetensors); "
                                                  "None: identity policy σ ≡ 1, i.e. exactly MeZO")
+    policy_version: str | None = Field(None, description="provenance only (logged, not used): the registry "
+                                                         "version models:/NAME/VERSION the policy was resolved from")
     base_model: str | None = Field(None, description="if set, refuse a policy meta-trained for another base model")
     embedding_rows: int | None = Field(None, ge=1, description="rows an embedding matrix counts as in the trace "
                                                                "normalisation; None: the policy's value (240 "
@@ -358,6 +415,7 @@ class ZOFinetuner(ZOMethod):
                               f"{self.policy.base_model!r}, not for base_model={c.base_model!r}")
         self.weights: dict[str, torch.Tensor] | None = None
         self.counts: torch.Tensor | None = None
+        self.kind = self.policy.kind if self.policy is not None else None
 
     # -- state ------------------------------------------------------------------
     def init(self, blocks: Sequence[Block]) -> dict:
@@ -382,6 +440,8 @@ class ZOFinetuner(ZOMethod):
         """σ_b for this step (fp32, CPU); ones without a policy."""
         if self.weights is None:
             return torch.ones(len(blocks), dtype=torch.float32)
+        if self.kind == KIND_SCALE:  # constant per block: no features, no pass over the weights
+            return self.weights["sigma"].clone()
         x = policy_features(block_stats(blocks), state["prev_losses"], state["sigma"])
         return policy_sigma(self.weights, x)
 
