@@ -2,6 +2,7 @@
 from ..registry import register
 from .base import ZOMethod, two_point
 from .curvzo import CurvZO, CurvZOConfig
+from .fzoo import FZOO, FZOOConfig
 from .loren import LOREN, LORENConfig
 from .mezo import MeZO, MeZOConfig
 from .sparse_mezo import SparseMeZO, SparseMeZOConfig
@@ -12,11 +13,14 @@ register(SparseMeZO)
 register(CurvZO)
 register(LOREN)
 register(ZOFinetuner)
+register(FZOO)
 
 __all__ = [
+    "FZOO",
     "LOREN",
     "CurvZO",
     "CurvZOConfig",
+    "FZOOConfig",
     "LORENConfig",
     "MeZO",
     "MeZOConfig",
