@@ -113,7 +113,8 @@ def test_state_dict_resume_is_identical_in_mixed_precision(name, prec):
     sd = opt.state_dict()
     weights = {k: v.clone() for k, v in part.state_dict().items()}
     again = net(seed=3)
-    opt2 = zoplatform.optimizer(name, again.named_parameters(), seed=0, precision=prec, **hyper(name))
+    opt2 = zoplatform.optimizer(name, again.named_parameters(), seed=0, precision=prec,
+                               **hyper(name, direction="gaussian"))  # as train(): not every default is gaussian
     precision.cast_model_(again, prec)
     again.load_state_dict(weights)
     opt2.load_state_dict(sd)
