@@ -1,14 +1,22 @@
-"""The trainable ZO Fine-tuner policy (Zhang et al., ICML 2026, arXiv:2510.00419, §5.1).
+"""The trainable ZO Fine-tuner policies (Zhang et al., ICML 2026, arXiv:2510.00419, §5.1).
 
-:class:`PerturbationPolicy` holds one ``Linear(5→64) → Tanh → Linear(64→1)``
-MLP per block as *stacked* parameters (``w1 [B,64,5]``, ``b1 [B,64]``,
-``w2 [B,64]``, ``b2 [B]``) and evaluates them with the library's
-:func:`zoplatform.algorithms.zo_finetuner.policy_sigma`, so meta-training and
-deployment run one definition of the network.  It is saved and loaded in the
-library's format (safetensors + JSON schema), never pickled.
+:class:`PerturbationPolicy` (kind ``mlp``, the paper's) holds one
+``Linear(5→64) → Tanh → Linear(64→1)`` MLP per block as *stacked* parameters
+(``w1 [B,64,5]``, ``b1 [B,64]``, ``w2 [B,64]``, ``b2 [B]``) and evaluates them
+with the library's :func:`zoplatform.algorithms.zo_finetuner.policy_sigma`, so
+meta-training and deployment run one definition of the network.
+
+:class:`ScalePolicy` (kind ``scale``, [departure] the ``descent`` profile's) is
+one number per block: σ_b = exp(L·tanh(u_b / L)) with L = ln(``bound``), so σ_b
+stays inside [1/bound, bound] and u = 0 is σ ≡ 1 exactly (MeZO).  u is fp64;
+the file stores σ (fp32), so ``policy_rel_change`` = ‖σ − σ₀‖/‖σ₀‖ with σ₀ = 1.
+
+Both are saved and loaded in the library's format (safetensors + JSON schema),
+never pickled; :func:`load_any` returns the right class for a file.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +24,8 @@ import torch
 
 from zoplatform.algorithms.zo_finetuner import (
     HIDDEN,
+    KIND_MLP,
+    KIND_SCALE,
     WEIGHT_KEYS,
     Policy,
     init_policy_weights,
@@ -27,7 +37,7 @@ from zoplatform.algorithms.zo_finetuner import (
 
 
 class PerturbationPolicy(torch.nn.Module):
-    """Per-block PertNNs, stacked; ``forward(x [B,5]) -> σ [B]``.
+    """Per-block PertNNs, stacked; ``forward(x [B,5]) -> σ [B]`` (kind ``mlp``).
 
     ``blocks`` is the layout: (name, shape, is_embedding) per block, in the
     order the feature rows come in (model order).
@@ -36,6 +46,7 @@ class PerturbationPolicy(torch.nn.Module):
     def __init__(self, blocks: Sequence[tuple[str, Sequence[int], bool]], *, base_model: str = "",
                  embedding_rows: int = 120, seed: int = 0, hidden: int = HIDDEN):
         super().__init__()
+        self.kind = KIND_MLP
         self.layout = [(str(n), [int(s) for s in shape], bool(e)) for n, shape, e in blocks]
         self.base_model = base_model
         self.embedding_rows = int(embedding_rows)
@@ -73,3 +84,74 @@ class PerturbationPolicy(torch.nn.Module):
     @classmethod
     def load(cls, path: str | Path) -> PerturbationPolicy:
         return cls.from_policy(load_policy(path))
+
+
+class ScalePolicy(torch.nn.Module):
+    """One σ_b per block (kind ``scale``); ``forward(x=None) -> σ [B]`` (fp64).
+
+    σ_b = exp(L·tanh(u_b / L)), L = ln(bound): σ ∈ [1/bound, bound], u = 0 ⇔ σ = 1
+    exactly.  ``blocks`` is the layout, as for :class:`PerturbationPolicy`.
+    """
+
+    def __init__(self, blocks: Sequence[tuple[str, Sequence[int], bool]], *, base_model: str = "",
+                 embedding_rows: int = 120, bound: float = 10.0):
+        super().__init__()
+        if not bound > 1.0:
+            raise ValueError(f"ScalePolicy: bound must be > 1, got {bound}")
+        self.kind = KIND_SCALE
+        self.layout = [(str(n), [int(s) for s in shape], bool(e)) for n, shape, e in blocks]
+        self.base_model = base_model
+        self.embedding_rows = int(embedding_rows)
+        self.bound = float(bound)
+        self.u = torch.nn.Parameter(torch.zeros(len(self.layout), dtype=torch.float64))
+
+    @property
+    def log_bound(self) -> float:
+        return math.log(self.bound)
+
+    def log_sigma(self) -> torch.Tensor:
+        lb = self.log_bound
+        return lb * torch.tanh(self.u / lb)
+
+    def forward(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.exp(self.log_sigma())
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """What the file stores: ``{"sigma": σ}`` (fp32)."""
+        return {"sigma": self.forward().float()}
+
+    @torch.no_grad()
+    def set_sigma(self, sigma: torch.Tensor) -> None:
+        """u from σ (clipped just inside the bound, where tanh is invertible)."""
+        lb = self.log_bound
+        r = (torch.log(sigma.double()) / lb).clamp(-1 + 1e-12, 1 - 1e-12)
+        self.u.copy_(lb * torch.atanh(r))
+
+    def schema(self, meta: Mapping | None = None) -> dict:
+        sch = make_schema(self.layout, base_model=self.base_model, embedding_rows=self.embedding_rows,
+                          meta=meta, kind=KIND_SCALE)
+        sch["network"]["bound"] = self.bound
+        return sch
+
+    def save(self, directory: str | Path, meta: Mapping | None = None) -> Path:
+        return save_policy(directory, self.weights(), self.schema(meta))
+
+    @classmethod
+    def from_policy(cls, policy: Policy) -> ScalePolicy:
+        s = policy.schema
+        sig = policy.weights["sigma"]
+        bound = float(s["network"].get("bound", max(10.0, 2.0 * float(torch.maximum(sig, 1 / sig).max()))))
+        m = cls([(b["name"], b["shape"], b.get("embedding", False)) for b in s["blocks"]],
+                base_model=policy.base_model, embedding_rows=policy.embedding_rows, bound=bound)
+        m.set_sigma(sig)
+        return m
+
+    @classmethod
+    def load(cls, path: str | Path) -> ScalePolicy:
+        return cls.from_policy(load_policy(path))
+
+
+def load_any(path: str | Path) -> PerturbationPolicy | ScalePolicy:
+    """The trainable module for a policy file, by its kind."""
+    pol = load_policy(path)
+    return (ScalePolicy if pol.kind == KIND_SCALE else PerturbationPolicy).from_policy(pol)

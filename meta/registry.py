@@ -51,15 +51,37 @@ def _client(tracking_uri: str | None):
     return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
 
 
+def policy_card(model_id: str, tasks: Sequence[str], card: Mapping[str, Any] | None = None) -> tuple[dict, str]:
+    """(tags, description) of a registered policy version: base model, meta tasks, and from ``card``
+    (``profile``, ``meta_steps``, ``policy_rel_change``, ``meta_val_gain``, ``meta_val_metric``, ...)
+    what meta-training did, plus the ``--policy models:/…`` usage line."""
+    card = dict(card or {})
+    name = registered_name(model_id)
+    usage = (f"zo finetune --model {model_id} --method zo-finetuner --policy models:/{name}@{ALIAS} "
+             f"--task <task> --lr <lr>")
+    tags = {k: str(v) for k, v in card.items()}
+    tags["usage"] = usage
+    lines = [f"ZO Fine-tuner perturbation policy for {model_id}.",
+             (f"meta tasks: {','.join(tasks)}; profile: {card.get('profile', '?')}; "
+             f"meta steps: {card.get('meta_steps', '?')}; kind: {card.get('policy_kind', '?')}."),
+             (f"movement ||w - w0|| / ||w0|| = {card.get('policy_rel_change', '?')}; "
+             f"meta-val gain over sigma=1 = {card.get('meta_val_gain', '?')} "
+             f"({card.get('meta_val_metric', 'no meta-validation')})."),
+             f"use: {usage}"]
+    return tags, "\n".join(lines)
+
+
 def register_policy(policy_dir: str | Path, model_id: str, tasks: Sequence[str], data_seed: int,
                     tracking_uri: str | None = None, *, run_id: str | None = None,
                     experiment: str = "zo-policy-meta", alias: str = ALIAS,
-                    extra_tags: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    extra_tags: Mapping[str, Any] | None = None,
+                    card: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Log ``policy_dir`` to a run (``run_id``, or a new run in ``experiment``),
     register it as a version of ``zo-policy-<model>`` and point ``alias`` at it.
+    ``card`` (see :func:`policy_card`) becomes the version's tags and description.
 
-    Returns ``{"name", "version", "alias", "uri", "run_id", "source"}`` where
-    ``uri`` is ``models:/<name>@<alias>``.
+    Returns ``{"name", "version", "alias", "uri", "version_uri", "run_id", "source"}``
+    where ``uri`` is ``models:/<name>@<alias>`` and ``version_uri`` ``models:/<name>/<version>``.
     """
     from mlflow.exceptions import MlflowException
 
@@ -72,6 +94,8 @@ def register_policy(policy_dir: str | Path, model_id: str, tasks: Sequence[str],
     name = registered_name(model_id)
     tags = {"base_model": str(model_id), "meta_tasks": ",".join(tasks), "data_seed": str(data_seed),
             "policy_format": str(policy.schema["format"]), "n_blocks": str(len(policy.schema["blocks"]))}
+    card_tags, description = policy_card(model_id, tasks, card)
+    tags.update(card_tags)
     tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
     own_run = run_id is None
     if own_run:
@@ -90,24 +114,28 @@ def register_policy(policy_dir: str | Path, model_id: str, tasks: Sequence[str],
                                            description=f"ZO Fine-tuner perturbation policies for {model_id}")
         except MlflowException:  # created concurrently
             client.get_registered_model(name)
-    mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags,
-                                     description=f"meta-trained on {','.join(tasks)} (data seed {data_seed})")
+    description = f"meta-trained on {','.join(tasks)} (data seed {data_seed})\n{description}"
+    mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags, description=description)
     client.set_registered_model_alias(name, alias, mv.version)
     if own_run:
         client.set_terminated(run_id, "FINISHED")
     return {"name": name, "version": str(mv.version), "alias": alias, "uri": f"models:/{name}@{alias}",
-            "run_id": run_id, "source": source}
+            "version_uri": f"models:/{name}/{mv.version}", "run_id": run_id, "source": source}
 
 
 _MODELS = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
 
 
-def resolve_policy(uri: str | Path, tracking_uri: str | None = None, dst_path: str | Path | None = None) -> str:
+def resolve_policy(uri: str | Path, tracking_uri: str | None = None, dst_path: str | Path | None = None,
+                   info: dict | None = None) -> str:
     """A local policy directory for ``uri``.
 
     ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (the registry), ``runs:/…``
     or another artifact URI (downloaded), or an existing local path (returned
     as is).  Downloads go to ``dst_path`` (default: a fresh temporary directory).
+    ``info`` (a dict, optional) receives the provenance: ``version_uri``
+    (``models:/NAME/VERSION``, the version an alias pointed at), ``name``,
+    ``version``, ``run_id``, ``source`` for a registry URI; ``source`` otherwise.
     Errors are one-line :class:`~zoplatform.errors.ConfigError`.
     """
     text = str(uri).strip()
@@ -116,6 +144,8 @@ def resolve_policy(uri: str | Path, tracking_uri: str | None = None, dst_path: s
         if not p.exists():
             raise ConfigError(f"policy {text!r} is neither an existing path nor a models:/NAME@ALIAS, "
                               f"models:/NAME/VERSION or runs:/ URI")
+        if info is not None:
+            info["source"] = str(p.resolve())
         return str(p.resolve())
     from mlflow.exceptions import MlflowException
 
@@ -132,8 +162,13 @@ def resolve_policy(uri: str | Path, tracking_uri: str | None = None, dst_path: s
             raise ConfigError(f"policy {text!r} not found in the registry at {uri_} "
                               f"({str(e).splitlines()[0][:160]})") from None
         source = mv.source
+        if info is not None:
+            info.update({"version_uri": f"models:/{name}/{mv.version}", "name": name, "version": str(mv.version),
+                         "run_id": mv.run_id or "", "source": source})
     else:
         source = text
+        if info is not None:
+            info["source"] = source
     from mlflow.artifacts import download_artifacts
 
     dst = Path(dst_path) if dst_path is not None else Path(tempfile.mkdtemp(prefix="zo-policy-"))

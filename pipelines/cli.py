@@ -286,9 +286,23 @@ def sweep(objectives, settings, as_json, batch_size, eval_every, num_train, num_
 
 
 # --------------------------------------------------------------------------- meta-train
-@main.command("meta-train")
+class OneLineUsageErrors(click.Command):
+    """A bad option value (e.g. a ``click.Choice``) is one ``error: ...`` line and exit 2, like a ConfigError."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.BadParameter as e:
+            click.echo(f"error: {e.format_message()}", err=True)
+            ctx.exit(EXIT_USAGE)
+
+
+@main.command("meta-train", cls=OneLineUsageErrors)
 @click.option("--model", help="base model (as for zo finetune); the policy is specific to it")
 @click.option("--tasks", help="comma-separated meta-training task(s), e.g. copa or sst2,copa")
+@click.option("--profile", type=click.Choice(["descent", "paper"]),
+              help="descent (default): per-block scale fitted to the closed-form expected ZO descent; "
+                   "paper: the paper's eta_u lookahead (does not move the policy, docs §5.4)")
 @click.option("--preset", help="paper defaults: single (COPA, default) or multi (task mixture)")
 @click.option("--epochs", type=int)
 @click.option("--restart", type=int, help="reset θ to the base weights every N epochs")
@@ -304,6 +318,14 @@ def sweep(objectives, settings, as_json, batch_size, eval_every, num_train, num_
 @click.option("--seed", type=int)
 @click.option("--mixture", help="round_robin (default) or proportional (multi-task batches)")
 @click.option("--embedding-rows", type=int, help="rows an embedding counts as in the normalisation (15·batch)")
+@click.option("--finetune-lr", type=float, help="lr the expected descent (descent profile, meta-val) assumes")
+@click.option("--finetune-batch", type=int, help="deployment batch size the expected descent assumes (16)")
+@click.option("--curvature-margin", type=float, help="inflation of the empirical-Fisher curvature (2)")
+@click.option("--kl-weight", type=float, help="descent: weight of the budget-share KL to sigma = 1 (1.0)")
+@click.option("--sigma-bound", type=float, help="descent: sigma_b within [1/bound, bound] (10)")
+@click.option("--policy-lr", type=float, help="descent: Adam lr of the log-scales (0.05)")
+@click.option("--inner-steps", type=int, help="descent: Adam steps per meta-step (5)")
+@click.option("--select", help="best (default: the epoch with the best meta-val gain) or last")
 @click.option("--max-length", type=int)
 @click.option("--device", type=str)
 @click.option("--out-dir", type=str)

@@ -109,8 +109,10 @@ def resolve_policy_option(cfg: FinetuneConfig, out_dir: Path | None) -> Finetune
 
     remote = "://" in cfg.policy or cfg.policy.startswith(("models:/", "runs:/", "mlflow-artifacts:/"))
     local = out_dir / "policy" if remote and out_dir is not None else None
-    path = resolve_policy(cfg.policy, tracking_uri=cfg.tracking_uri, dst_path=local)
-    return cfg.model_copy(update={"method_options": {**cfg.method_options, "policy": path}})
+    info: dict = {}
+    path = resolve_policy(cfg.policy, tracking_uri=cfg.tracking_uri, dst_path=local, info=info)
+    provenance = {"policy_version": info["version_uri"]} if info.get("version_uri") else {}  # logged with the config
+    return cfg.model_copy(update={"method_options": {**cfg.method_options, "policy": path, **provenance}})
 
 
 def check_inputs(cfg: FinetuneConfig):

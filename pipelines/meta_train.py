@@ -7,6 +7,13 @@ anything heavy), open the MLflow run, load the model in fp32, meta-train
 ``<out>/policy``, log artifacts, optionally register it as a new version of
 ``zo-policy-<model>`` with alias ``champion``, print the summary.
 
+Profiles (``--profile``): ``descent`` (default; a per-block scale fitted to the
+closed-form expected ZO descent, ``meta/descent.py``) or ``paper`` (the paper's
+meta-step, which does not move the policy: docs/algorithms.md §5.4).  The
+summary's ``policy_rel_change`` is ‖ω−ω₀‖/‖ω₀‖ and ``meta_val`` the kept
+epoch's ``gain_over_uniform`` on held-out batches of the meta-training tasks
+with its ``metric``; the registered version carries these as its card.
+
 Use the policy with ``zo finetune --method zo-finetuner --option policy=<dir>``
 (or a ``models:/zo-policy-<model>@champion`` URI resolved with
 :func:`meta.registry.resolve_policy`).
@@ -90,24 +97,39 @@ def _default_out_dir(cfg: MetaTrainRunConfig) -> Path:
     return Path("runs") / (cfg.run_name or f"meta-{model}-{'+'.join(cfg.tasks)}-s{cfg.seed}-{int(time.time())}")
 
 
-def plot_meta_curves(history: dict, path: Path, title: str) -> Path:
+def plot_meta_curves(history: dict, path: Path, title: str, meta_val: list | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, ax = plt.subplots(1, 3, figsize=(14, 3.6))
     x = range(1, len(history.get("meta_loss", [])) + 1)
     for key in ("meta_loss", "loss_plus", "fo_loss"):
         if key in history:
             ax[0].plot(x, history[key], lw=0.7, label=key)
-    ax[0].set(xlabel="step", title="losses")
+    ax[0].set(xlabel="meta-step", title="losses (meta_loss: descent profile = -J)")
     ax[0].legend()
     if "sigma_mean" in history:
         ax[1].plot(x, history["sigma_mean"], label="mean σ")
+        ax[1].plot(x, history["sigma_max"], lw=0.7, label="max σ")
+        ax[1].plot(x, history["sigma_min"], lw=0.7, label="min σ")
         ax[1].plot(x, history["trace_c"], label="c")
+        ax[1].set_yscale("log")
         ax[1].legend()
-    ax[1].set(xlabel="step", title="policy")
+    ax[1].set(xlabel="meta-step", title="policy")
+    if meta_val:
+        ep = [r["epoch"] for r in meta_val]
+        ax[2].plot(ep, [r["gain_over_uniform"] for r in meta_val], "o-", label="gain over σ=1 (mean)")
+        for t in meta_val[0]["per_task"]:
+            ax[2].plot(ep, [r["per_task"][t] for r in meta_val], ".--", lw=0.7, label=t)
+        ax[2].axhline(0.0, color="grey", lw=0.6)
+        ax3 = ax[2].twinx()
+        ax3.plot(ep, [r["policy_rel_change"] for r in meta_val], "k:", label="‖ω−ω₀‖/‖ω₀‖")
+        ax3.set_ylabel("policy movement ‖ω−ω₀‖/‖ω₀‖")
+        ax3.legend(loc="lower right", fontsize=8)
+        ax[2].legend(loc="upper left", fontsize=8)
+    ax[2].set(xlabel="epoch (0 = initial policy)", ylabel="meta-val gain", title="meta-validation (held-out batches)")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -152,16 +174,28 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
                          out_dir=out_dir, progress=cfg.progress)
 
         # 5. policy files --------------------------------------------------------
-        meta = {"tasks": list(cfg.tasks), "data_seed": cfg.seed, "steps": res.steps,
+        meta = {"tasks": list(cfg.tasks), "data_seed": cfg.seed, "steps": res.steps, "profile": cfg.profile,
+                "policy_rel_change": res.policy_change, "meta_val_epoch": res.best_epoch,
+                "meta_val_gain": next((r["gain_over_uniform"] for r in res.meta_val if r["epoch"] == res.best_epoch),
+                                      None),
                 "config": algo.model_dump(), "mlflow_run_id": tracker.run_id}
         policy_dir = res.policy.save(out_dir / "policy", meta=meta)
         h = res.history
+        kept = next((r for r in res.meta_val if r["epoch"] == res.best_epoch), None)
+        meta_val = {"gain_over_uniform": kept["gain_over_uniform"] if kept else None,
+                    "metric": res.meta_val_metric if kept else "none (num_dev = 0: no held-out batches)",
+                    "per_task": kept["per_task"] if kept else {}, "epoch": res.best_epoch,
+                    "initial_gain_over_uniform": res.meta_val[0]["gain_over_uniform"] if res.meta_val else None,
+                    "history": res.meta_val}
         summary: dict[str, Any] = {
-            "model": cfg.model, "tasks": list(cfg.tasks), "seed": cfg.seed, "steps": res.steps,
+            "model": cfg.model, "tasks": list(cfg.tasks), "seed": cfg.seed, "profile": cfg.profile,
+            "policy_kind": res.policy.kind, "steps": res.steps,
             "n_blocks": len(res.policy.layout), "policy_dir": str(policy_dir.resolve()), "out_dir": str(out_dir),
             "first_meta_loss": h["meta_loss"][0], "last_meta_loss": h["meta_loss"][-1],
             "first_fo_loss": h["fo_loss"][0], "last_fo_loss": h["fo_loss"][-1],
             "final_sigma_mean": h["sigma_mean"][-1], "policy_rel_change": res.policy_change,
+            "meta_val": meta_val,
+            "sigma_by_type": res.sigma_by_type,
             "meta_train_time_s": round(res.wall_s, 2),
             # the one-time cost is first-order memory: CUDA max allocated, or the process's max RSS on CPU
             "peak_memory_mb": peak_memory_mb(device),
@@ -169,19 +203,28 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
         }
 
         tracker.log_metrics({"peak_memory_mb": summary["peak_memory_mb"],
-                             "meta_train_time_s": summary["meta_train_time_s"]}, step=res.steps)
+                             "meta_train_time_s": summary["meta_train_time_s"],
+                             "final_policy_rel_change": res.policy_change,
+                             **({"final_meta_val_gain": meta_val["gain_over_uniform"]} if kept else {})},
+                            step=res.steps)
 
         # 6. artifacts, registry ---------------------------------------------------
-        plot_meta_curves(h, out_dir / "meta_curves.png", f"meta-training on {'+'.join(cfg.tasks)} ({cfg.model})")
+        plot_meta_curves(h, out_dir / "meta_curves.png",
+                         f"meta-training ({cfg.profile}) on {'+'.join(cfg.tasks)} ({cfg.model})", res.meta_val)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         for f in [out_dir / "meta_curves.png", out_dir / "summary.json", *res.artifacts]:
             if f.is_file():
                 tracker.log_artifact(f)
         if cfg.register_policy:
+            card = {"profile": cfg.profile, "policy_kind": res.policy.kind, "meta_steps": res.steps,
+                    "policy_rel_change": f"{res.policy_change:.4g}",
+                    "meta_val_gain": "none" if not kept else f"{meta_val['gain_over_uniform']:.4g}",
+                    "meta_val_metric": meta_val["metric"], "meta_val_epoch": res.best_epoch}
             reg = register_in_mlflow(policy_dir, cfg.model, cfg.tasks, cfg.seed, cfg.tracking_uri,
-                                  run_id=tracker.run_id, experiment=cfg.experiment)
+                                  run_id=tracker.run_id, experiment=cfg.experiment, card=card)
             summary["registered"] = reg
-            tracker.set_tags({"zo.policy_uri": reg["uri"], "zo.policy_version": reg["version"]})
+            tracker.set_tags({"zo.policy_uri": reg["uri"], "zo.policy_version": reg["version"],
+                              "zo.policy_version_uri": reg["version_uri"]})
         else:
             for f in sorted(policy_dir.iterdir()):
                 tracker.log_artifact(f, "policy")

@@ -246,3 +246,64 @@ def test_embedding_blocks_by_module_type_and_by_name_rule():
 def test_method_is_registered_with_its_paper():
     assert "zo-finetuner" in zoplatform.method_names()
     assert "2510.00419" in ZOFinetuner.paper
+
+
+def write_scale_policy(path, model, sigma, base_model="small", embedding_rows=8):
+    layout = policy_blocks(model.named_parameters(), embedding_block_names(model))
+    save_policy(path, {"sigma": torch.as_tensor(sigma, dtype=torch.float32)},
+                make_schema(layout, base_model=base_model, embedding_rows=embedding_rows, kind="scale"))
+    return path
+
+
+def test_a_scale_policy_step_scales_each_block_by_its_constant_c_sigma(tmp_path):
+    net = small_net()
+    sigma = [3.0, 0.5, 1.0, 2.0, 1.0, 0.25, 4.0]
+    write_scale_policy(tmp_path / "p", net, sigma)
+    pol = load_policy(tmp_path / "p")
+    assert pol.kind == "scale" and pol.schema["features"] == [] and pol.schema["network"]["kind"] == "scale"
+    blocks = model_blocks(net)
+    m = zoplatform.make("zo-finetuner", policy=str(tmp_path / "p"), lr=1e-2, eps=1e-3)
+    state = m.init(blocks)
+    before = [b.param.detach().clone() for b in blocks]
+    assert m.sigma(state, blocks).tolist() == sigma
+    c, s = m.scales(m.sigma(state, blocks))
+    assert c == pytest.approx(math.sqrt(float(m.counts.sum()) / sum(n * x * x for n, x in zip(m.counts.tolist(),
+                                                                                               sigma))), rel=1e-12)
+    new, rec = m.step(state, blocks, loss_fn(net), seed=7, lr=1e-2)
+    law, scratch = make_law("gaussian"), Scratch(1 << 20)
+    for i, b in enumerate(blocks):
+        expect = before[i] - 1e-2 * rec.grad[0] * s[i] * direction_tensor(b, 7, law, scratch)
+        torch.testing.assert_close(b.param.detach(), expect, atol=1e-6, rtol=1e-5)
+    assert m.sigma(new, blocks).tolist() == sigma  # constant: the recurrent inputs do not change it
+
+
+def test_policies_written_before_kinds_existed_load_as_the_papers_mlp(tmp_path):
+    net = small_net()
+    write_policy(tmp_path / "p", net)
+    schema = json.loads((tmp_path / "p" / "policy.json").read_text())
+    assert schema["network"]["kind"] == "mlp"
+    del schema["network"]["kind"]
+    (tmp_path / "p" / "policy.json").write_text(json.dumps(schema))
+    pol = load_policy(tmp_path / "p")
+    assert pol.kind == "mlp" and set(pol.weights) == {"w1", "b1", "w2", "b2"}
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda sch, w: w.__setitem__("sigma", torch.tensor([1.0, -1.0] + [1.0] * 5)), "finite sigma > 0"),
+    (lambda sch, w: w.__setitem__("sigma", torch.ones(3)), "has shape [3], expected [7]"),
+    (lambda sch, w: sch["network"].__setitem__("kind", "transformer"), "policy kind 'transformer'"),
+    (lambda sch, w: sch.__setitem__("features", ["mean"]), "uses features ['mean']"),
+])
+def test_bad_scale_policies_are_one_line_errors(tmp_path, edit, msg):
+    from safetensors.torch import save_file
+
+    net = small_net()
+    write_scale_policy(tmp_path / "p", net, [1.0] * 7)
+    schema = json.loads((tmp_path / "p" / "policy.json").read_text())
+    w = {"sigma": torch.ones(7)}
+    edit(schema, w)
+    (tmp_path / "p" / "policy.json").write_text(json.dumps(schema))
+    save_file(w, str(tmp_path / "p" / "policy.safetensors"))
+    with pytest.raises(ConfigError) as e:
+        zoplatform.make("zo-finetuner", policy=str(tmp_path / "p"))
+    assert msg in str(e.value) and "\n" not in str(e.value), str(e.value)
