@@ -42,7 +42,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -53,8 +52,18 @@ from zoplatform.config import StrictModel, read_mapping, validate
 from zoplatform.errors import ConfigError
 
 from .finetune import FO_METHODS, FinetuneConfig
+from .report import (  # noqa: F401  (README_START/END: re-exported for callers of the report)
+    README_END,
+    README_START,
+    ZERO_SHOT,
+    machine_line,
+    markdown,
+    paired_analysis,
+    plots,
+    update_readme,
+    write_csv,
+)
 
-ZERO_SHOT = "zero-shot"
 # finetune options a method label may set; everything else is the comparison's
 METHOD_KEYS = {"method", "lr", "eps", "weight_decay", "schedule", "direction", "method_options", "policy", "protocol",
                "lora", "lora_r", "lora_alpha", "select"}
@@ -366,149 +375,11 @@ def collect(cfg: CompareConfig, specs: list[RunSpec]) -> tuple[list[dict], list[
                         "wall_time_s_mean": _mean_std([r["wall_time_s"] for r in done])[0],
                         "peak_memory_mb_max": max(mem) if mem else None,
                         "steps": rs[0]["steps"], "forward_budget": cfg.budget(task)})
-    return runs, agg
-
-
-def _pm(m, s, n: int, scale: float = 1.0, fmt: str = "{:.1f}") -> str:
-    """``mean ± std`` (just the value for one seed, – for none)."""
-    if n == 0 or m is None or (isinstance(m, float) and math.isnan(m)):
-        return "–"
-    v = fmt.format(scale * m)
-    return v if n == 1 else f"{v} ± {fmt.format(scale * s)}"
-
-
-def _pct(a: dict) -> str:
-    return _pm(a["test_accuracy_mean"], a["test_accuracy_std"], a["seeds"], 100.0)
-
-
-def _num(x, fmt="{:.0f}") -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
-
-
-def _small_tasks(cfg: CompareConfig) -> str:
-    """The tasks whose train split is too small for the requested sizes (finetune fits them)."""
-    from zoplatform.data import resolve_data_dir
-
-    from .finetune import split_sizes
-
-    data_dir = resolve_data_dir(cfg.data_dir)
-    fitted = {t: split_sizes(t, data_dir, cfg.num_train, cfg.num_dev) for t in cfg.tasks}
-    return "".join(f" ({t}: {n} train / {d} dev, its train split is small)" for t, (n, d) in fitted.items()
-                   if n != cfg.num_train)
-
-
-def markdown(cfg: CompareConfig, agg: list[dict], machine: str, flat_tasks: Sequence[str] = ()) -> str:
-    """The report: accuracy matrix, then the per-(method, task) details; ``flat_tasks`` are those where the
-    reference did not improve on its step-0 dev accuracy (see :func:`reference_not_above_start`)."""
-    own = "".join(f"; {t}: {b} ({b // 2} steps)" for t, b in cfg.task_budgets.items())
-    lines = [f"Model `{cfg.model}`, {machine}; budget {cfg.forward_budget} forward passes per run "
-             f"(two-point methods: {cfg.forward_budget // 2} steps{own}), batch {cfg.batch_size}, seeds "
-             f"{', '.join(map(str, cfg.seeds))}, {cfg.num_train} train examples{_small_tasks(cfg)}; "
-             f"mean ± std over seeds.", "",
-             "Test accuracy (%):", "",
-             "| method | " + " | ".join(cfg.tasks) + " |", "|---|" + "---|" * len(cfg.tasks)]
-    for label in cfg.methods:
-        cells = []
-        for task in cfg.tasks:
-            a = next(x for x in agg if x["label"] == label and x["task"] == task)
-            cells.append(_pct(a) + ("" if a["seeds"] in (0, len(cfg.seeds)) else f" (n={a['seeds']})"))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", f"Details (forward passes to reach `{cfg.reference}`'s final dev accuracy, per seed, mean over "
-                  f"the seeds that reach it):", "",
-              "| method | task | steps | test acc % | final dev loss | fwd to reference | reached | wall s | "
-              "peak MB |", "|---|---|---|---|---|---|---|---|---|"]
+    paired = paired_analysis(runs, cfg.methods, cfg.tasks, cfg.reference)
     for a in agg:
-        loss = _pm(a["final_dev_loss_mean"], a["final_dev_loss_std"], a["seeds"], fmt="{:.3f}")
-        lines.append(f"| {a['label']} | {a['task']} | {a['steps']} | {_pct(a)} | {loss} | "
-                     f"{_num(a['forwards_to_reference_mean'])} | {a['reached_reference']} | "
-                     f"{_num(a['wall_time_s_mean'])} | {_num(a['peak_memory_mb_max'])} |")
-    if flat_tasks:
-        lines += ["", f"On {', '.join(flat_tasks)}, `{cfg.reference}` ended no higher than its step-0 dev accuracy, "
-                      "so every method reaches that target at 0 forward passes and the column orders nothing there."]
-    return "\n".join(lines) + "\n"
-
-
-def write_csv(agg: list[dict], path: Path) -> Path:
-    import csv
-
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(agg[0]))
-        w.writeheader()
-        w.writerows(agg)
-    return path
-
-
-def plots(cfg: CompareConfig, runs: list[dict], agg: list[dict], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = []
-    for task in cfg.tasks:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for label in cfg.methods:
-            curves = [r["curve"] for r in runs if r["label"] == label and r["task"] == task and r["curve"]
-                      and r["status"] == "done"]
-            if not curves:
-                continue
-            if label == ZERO_SHOT:  # no trajectory: the base model's dev metrics as a reference line
-                for ax, key in zip(axes, ("dev_accuracy", "dev_loss")):
-                    ax.axhline(statistics.fmean(c[0][key] for c in curves), ls="--", c="gray", lw=1,
-                               label=f"{label} (n={len(curves)})")
-                continue
-            n = min(len(c) for c in curves)
-            xs = [curves[0][i]["forwards"] for i in range(n)]
-            for ax, key in zip(axes, ("dev_accuracy", "dev_loss")):
-                ys = [[c[i][key] for c in curves] for i in range(n)]
-                m = [statistics.fmean(y) for y in ys]
-                s = [statistics.stdev(y) if len(y) > 1 else 0.0 for y in ys]
-                ax.plot(xs, m, "o-", label=f"{label} (n={len(curves)})", ms=3)
-                ax.fill_between(xs, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.15)
-        for ax, key in zip(axes, ("dev accuracy", "dev loss")):
-            ax.set_xlabel("forward passes"), ax.set_ylabel(key)
-        if axes[0].get_legend_handles_labels()[0]:
-            axes[0].legend(fontsize=8)
-        fig.suptitle(f"{task} ({cfg.model}): mean ± std over seeds")
-        fig.tight_layout()
-        files.append(out / f"dev_curves_{task}.png")
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
-    mem = {a["label"]: a["peak_memory_mb_max"] for a in agg if a["peak_memory_mb_max"] is not None}
-    if mem:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.bar(list(mem), list(mem.values()))
-        ax.set_ylabel("peak memory (MB)"), ax.set_title("peak memory per method (max over runs)")
-        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
-        fig.tight_layout()
-        files.append(out / "peak_memory.png")
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
-    return files
-
-
-README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
-
-
-def update_readme(path: Path, body: str, recipe: str) -> None:
-    """Replace the README's generated Results block (between the markers)."""
-    text = path.read_text()
-    if README_START not in text or README_END not in text:
-        raise ConfigError(f"--update-readme: {path} has no {README_START} ... {README_END} block")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    block = f"{README_START}\n<!-- generated by: {recipe} -->\n\n{body}\n{README_END}"
-    path.write_text(head + block + tail)
-
-
-def machine_line(device: str) -> str:
-    import platform
-
-    if device.startswith("cuda"):
-        import torch
-
-        return f"{torch.cuda.get_device_name(0)}"
-    return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+        if (a["label"], a["task"]) in paired:
+            a["paired"] = paired[(a["label"], a["task"])]
+    return runs, agg
 
 
 # =========================================================================== 4. the recipe
@@ -569,7 +440,9 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
         for f in files:
             parent.log_artifact(f)
         parent.log_metrics({f"test_accuracy/{a['label']}/{a['task']}": a["test_accuracy_mean"] for a in agg
-                            if not math.isnan(a["test_accuracy_mean"])}, 0)
+                            if not math.isnan(a["test_accuracy_mean"])} | paired_metrics(agg), 0)
+        parent.set_tags({f"paired.{a['label']}.{a['task']}.verdict": a["paired"]["verdict"] for a in agg
+                         if a.get("paired") and a["paired"]["verdict"]})
         if cfg.update_readme:
             update_readme(Path(cfg.update_readme), md, recipe)
         failed = [r for r in runs if r["status"] == "failed"]
@@ -581,6 +454,18 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
         return {"status": outcome, "runs": len(specs), "failed": len(failed), "missing": len(missing),
                 "aggregate": agg, "parent_run_id": parent.run_id, "tracking_uri": uri, "out": str(out),
                 "artifacts": [str(f) for f in files], "wall_time_s": round(time.perf_counter() - t0, 2)}
+
+
+def paired_metrics(agg: list[dict]) -> dict[str, float]:
+    """``paired.<label>.<task>.{delta_acc,ci95_lo,ci95_hi,p_value}`` of the rows with a paired accuracy."""
+    out = {}
+    for a in agg:
+        p = a.get("paired")
+        if p and p["delta_acc"] is not None:
+            key = f"paired.{a['label']}.{a['task']}"
+            out |= {f"{key}.delta_acc": p["delta_acc"], f"{key}.ci95_lo": p["ci95"][0],
+                    f"{key}.ci95_hi": p["ci95"][1], f"{key}.p_value": p["p_value"]}
+    return out
 
 
 def load_compare_config(data: dict[str, Any], configs_file: str | None) -> CompareConfig:

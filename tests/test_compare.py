@@ -238,3 +238,113 @@ def test_dev_curve_plot_draws_zero_shot_as_a_reference_line(tmp_path, monkeypatc
     # accuracy then loss, per task: the base model's step-0 values
     assert hlines == [(0.5, "zero-shot (n=1)"), (0.9, "zero-shot (n=1)")] * 2
 
+
+
+# ----------------------------------------------------------------------------- paired statistics in the report
+def _fake_runs(tmp_path, labels_right, no_predictions=(), n=120):
+    """Finished runs as the finetune recipe leaves them (state.json, summary.json, predictions.npz), without
+    running a model: ``labels_right[label][seed]`` = which of the ``n`` test examples that run got right."""
+    import numpy as np
+
+    from pipelines.compare import plan
+
+    labels = list(labels_right)
+    seeds = len(next(iter(labels_right.values())))
+    cfg = load_compare_config(dict(methods=",".join(labels), tasks="sst2", seeds=seeds, forward_budget=8,
+                                   eval_points=2, num_train=16, num_dev=8, num_test=n, batch_size=4,
+                                   model="tiny:llama", out=str(tmp_path / "cmp")), None)  # TINY's sizes
+    uid = np.array([f"sst2-validation-{i}" for i in range(n)])
+    truth = np.arange(n) % 2
+    for spec in plan(cfg, tmp_path / "cmp"):
+        right = labels_right[spec.label][spec.seed]
+        auc_shift = 0.1 * labels.index(spec.label)  # later labels: a higher dev-loss curve
+        evals = [{"step": k, "dev_loss": 0.9 - 0.05 * k + auc_shift + 0.01 * spec.seed, "dev_accuracy": 0.5,
+                  "forwards": 2 * k, "wall_s": 1.0} for k in (0, 2, 4)]
+        d = spec.out_dir
+        d.mkdir(parents=True)
+        (d / "state.json").write_text(json.dumps({"run_id": None, "config": spec.config.model_dump(),
+                                                  "history": {"evals": evals, "steps_done": 4}}))
+        (d / "summary.json").write_text(json.dumps({"test_accuracy": float(right.mean()), "forward_passes": 8,
+                                                    "wall_time_s": 1.0, "peak_memory_mb": 10.0}))
+        if spec.label not in no_predictions:
+            pred = np.where(right, truth, 1 - truth)
+            np.savez_compressed(d / "predictions.npz", pred=pred.astype(np.int16), label=truth.astype(np.int16),
+                                uid=uid)
+    return cfg
+
+
+def test_report_pairs_runs_by_seed_with_verdicts_and_dashes_for_runs_without_predictions(tmp_path, uri):
+    import numpy as np
+    from mlflow import MlflowClient
+
+    rng = np.random.default_rng(0)
+    n = 120
+    base = [rng.random(n) < 0.6 for _ in range(3)]
+    runs = {"mezo": base,
+            "curvzo": [b | (rng.random(n) < 0.5) for b in base],  # right wherever mezo is, and on half the rest
+            "sparse-mezo": [b.copy() for b in base],  # the same predictions as mezo
+            "loren": [b.copy() for b in base]}  # an old run: no predictions.npz
+    _fake_runs(tmp_path, runs, no_predictions=("loren",), n=n)
+    (tmp_path / "README.md").write_text("# x\n<!-- results:start -->\nold\n<!-- results:end -->\n")
+    code, out, text = compare(tmp_path, uri, "--methods", "mezo,curvzo,sparse-mezo,loren", "--tasks", "sst2",
+                              "--seeds", "3", "--forward-budget", "8", "--num-test", str(n), "--report-only",
+                              "--update-readme", str(tmp_path / "README.md"))
+    assert code == 0 and out["status"] == "finished", text
+    by = {a["label"]: a for a in out["aggregate"]}
+    assert "paired" not in by["mezo"]  # the reference
+    cz, same, old = by["curvzo"]["paired"], by["sparse-mezo"]["paired"], by["loren"]["paired"]
+    assert {"delta_acc", "ci95", "p_value", "verdict", "seeds"} <= set(cz)
+    true_delta = np.mean([c.mean() - b.mean() for c, b in zip(runs["curvzo"], base)])
+    assert cz["delta_acc"] == pytest.approx(true_delta) and cz["seeds"] == 3
+    assert cz["verdict"] == "better" and cz["ci95"][0] > 0 and cz["p_value"] < 0.05
+    assert [m["c"] for m in cz["mcnemar"]] == [0, 0, 0]  # curvzo is never wrong where mezo is right
+    assert same["delta_acc"] == 0 and same["ci95"] == [0, 0] and same["verdict"] == "no difference"
+    assert old["delta_acc"] is None and old["verdict"] is None and old["seeds"] == 0
+    assert "without predictions.npz" in old["note"]
+    # dev-loss columns come from the curves, so old runs have them too: loren's curve is 0.3 above mezo's
+    assert old["delta_final_dev_loss"]["delta"] == pytest.approx(0.3)
+    assert old["delta_dev_loss_auc"]["delta"] == pytest.approx(0.3) and old["delta_dev_loss_auc"]["verdict"] == "worse"
+
+    root = tmp_path / "cmp"
+    md = (root / "results.md").read_text()
+    table = md[md.index("| method | task | seeds | Δ test acc"):]
+    rows = {ln.split(" | ")[0].strip("| "): ln.split(" | ") for ln in table.splitlines()[2:] if ln.startswith("|")}
+    assert rows["curvzo"][5] == "better" and rows["sparse-mezo"][5] == "no difference"
+    assert rows["loren"][2:8] == ["–"] * 6  # seeds, Δ, p, verdict, resolves, seed share
+    assert "Notes: loren on sst2: seeds 0, 1, 2 without predictions.npz" in md
+    assert "| curvzo | sst2 | 3 |" in (tmp_path / "README.md").read_text()  # the README block has the table
+    csv_rows = {r["label"]: r for r in csv.DictReader(open(root / "results.csv"))}
+    assert csv_rows["curvzo"]["paired.verdict"] == "better"
+    assert float(csv_rows["curvzo"]["paired.ci95_lo"]) == pytest.approx(cz["ci95"][0])
+    assert csv_rows["mezo"]["paired.verdict"] == ""
+    saved = json.loads((root / "results.json").read_text())
+    assert {a["label"]: a.get("paired") for a in saved["aggregate"]}["curvzo"] == cz
+    parent = MlflowClient(tracking_uri=uri).get_run(out["parent_run_id"])
+    assert parent.data.metrics["paired.curvzo.sst2.delta_acc"] == pytest.approx(cz["delta_acc"])
+    assert parent.data.metrics["paired.curvzo.sst2.p_value"] == pytest.approx(cz["p_value"])
+    assert parent.data.tags["paired.curvzo.sst2.verdict"] == "better"
+    assert "paired.loren.sst2.delta_acc" not in parent.data.metrics
+
+
+def test_runs_tested_on_other_examples_are_not_paired(tmp_path):
+    import numpy as np
+
+    from pipelines.compare import collect, plan
+
+    rng = np.random.default_rng(1)
+    runs = {"mezo": [rng.random(40) < 0.6 for _ in range(2)], "curvzo": [rng.random(40) < 0.6 for _ in range(2)]}
+    cfg = _fake_runs(tmp_path, runs, n=40)
+    specs = plan(cfg, tmp_path / "cmp")
+    d = next(s.out_dir for s in specs if s.label == "curvzo" and s.seed == 1)
+    z = dict(np.load(d / "predictions.npz"))
+    np.savez(d / "predictions.npz", **(z | {"uid": np.array([f"other-{i}" for i in range(40)])}))
+    _, agg = collect(cfg, specs)
+    p = next(a for a in agg if a["label"] == "curvzo")["paired"]
+    assert p["seeds"] == 1 and p["note"] == "seed 1: tested on other examples than the reference"
+    # the same examples in another order are paired, example by example
+    z0 = dict(np.load(d.parent / "seed0" / "predictions.npz"))
+    perm = rng.permutation(40)
+    np.savez(d.parent / "seed0" / "predictions.npz", **{k: v[perm] for k, v in z0.items()})
+    _, again = collect(cfg, specs)
+    q = next(a for a in again if a["label"] == "curvzo")["paired"]
+    assert q["delta_acc"] == pytest.approx(p["delta_acc"]) and q["mcnemar"] == p["mcnemar"]

@@ -1,0 +1,330 @@
+"""The comparison report: paired analysis of finished runs, and the tables, CSV, plots and README block.
+
+Used by ``zo compare`` (:mod:`pipelines.compare`) and by a sweep's confirmation (:mod:`pipelines.confirm`).  A run
+here is a dict with at least ``label``, ``task``, ``seed``, ``status``, ``curve`` (``state.json``'s
+``history.evals``) and ``out_dir`` (where ``predictions.npz`` is, for runs made since it is saved).
+
+Paired analysis (:func:`paired_analysis`): every label against the reference, task by task, over the seeds both
+finished; the statistics are :mod:`pipelines.stats`'s.  Δ test accuracy needs both runs' per-example predictions
+with the same test examples (uids); a seed without them (an older run) is left out of the accuracy columns and said
+so in the row's note, never an error.  Δ final dev loss and Δ dev-loss AUC come from the dev curves.  Differences
+are fractions in JSON/CSV (like ``test_accuracy_mean``) and points in the markdown.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zoplatform.errors import ConfigError
+
+from . import stats
+from .finetune import PREDICTIONS_FILE
+
+if TYPE_CHECKING:
+    from .compare import CompareConfig
+
+ZERO_SHOT = "zero-shot"
+BOOTSTRAP_REPLICATES = 4000
+
+
+# =========================================================================== paired analysis
+def load_predictions(out_dir: str | Path) -> dict | None:
+    """A finished run's test predictions (``pred``, ``label``, ``uid``), or None for a run made before they were
+    saved (or an unreadable file)."""
+    import numpy as np
+
+    path = Path(out_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in ("pred", "label", "uid")}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _aligned(a: dict, b: dict):
+    """(correct_a, correct_b, uids) over the same test examples in the same order, or None if the two runs were
+    tested on different examples."""
+    import numpy as np
+
+    if a["uid"].shape == b["uid"].shape and np.array_equal(a["uid"], b["uid"]):
+        order = np.arange(a["uid"].size)
+    elif (len(set(a["uid"].tolist())) == a["uid"].size and a["uid"].size == b["uid"].size
+          and set(a["uid"].tolist()) == set(b["uid"].tolist())):  # same examples, another order
+        order = np.argsort(b["uid"])[np.argsort(np.argsort(a["uid"]))]
+    else:
+        return None
+    if not np.array_equal(a["label"], b["label"][order]):
+        return None
+    return a["pred"] == a["label"], b["pred"][order] == b["label"][order], a["uid"]
+
+
+def _final_loss(run: dict) -> float | None:
+    return run["curve"][-1]["dev_loss"] if run.get("curve") else None
+
+
+def _scalar_pairs(pairs: list[tuple[dict, dict]], value) -> dict | None:
+    got = [(value(a), value(b)) for a, b in pairs]
+    got = [(x, y) for x, y in got if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
+    if not got:
+        return None
+    return stats.paired_t([x for x, _ in got], [y for _, y in got], higher_is_better=False)
+
+
+def paired_one(runs_a: list[dict], runs_ref: list[dict], *, seed: int = 0,
+               B: int = BOOTSTRAP_REPLICATES) -> dict:
+    """Runs of one label against the reference's on one task, paired by seed (finished runs only)."""
+    ref = {r["seed"]: r for r in runs_ref if r["status"] == "done"}
+    pairs = [(r, ref[r["seed"]]) for r in sorted(runs_a, key=lambda r: r["seed"])
+             if r["status"] == "done" and r["seed"] in ref]
+    out: dict[str, Any] = {"delta_acc": None, "ci95": None, "p_value": None, "verdict": None, "seeds": 0,
+                           "half_width": None, "seed_share": None, "mcnemar": [], "note": None}
+    notes, acc_a, acc_b, uids = [], [], [], []
+    no_preds = []
+    for a, b in pairs:
+        pa, pb = load_predictions(a["out_dir"]), load_predictions(b["out_dir"])
+        if pa is None or pb is None:
+            no_preds.append(a["seed"])
+            continue
+        al = _aligned(pa, pb)
+        if al is None:
+            notes.append(f"seed {a['seed']}: tested on other examples than the reference")
+            continue
+        acc_a.append(al[0]), acc_b.append(al[1]), uids.append(al[2])
+        out["mcnemar"].append({"seed": a["seed"], **stats.mcnemar_exact(al[0], al[1])})
+    if no_preds:
+        notes.insert(0, f"seed{'s' if len(no_preds) > 1 else ''} {', '.join(map(str, no_preds))} without "
+                        f"{PREDICTIONS_FILE} (older run{'s' if len(no_preds) > 1 else ''})")
+    if acc_a:
+        r = stats.paired_accuracy(acc_a, acc_b, uids, B=B, seed=seed)
+        out.update(delta_acc=r["delta"], ci95=r["ci95"], p_value=r["p_value"], verdict=r["verdict"],
+                   seeds=r["seeds"], half_width=r["half_width"], seed_share=r["seed_share"])
+    out["delta_final_dev_loss"] = _scalar_pairs(pairs, _final_loss)
+    out["delta_dev_loss_auc"] = _scalar_pairs(pairs, lambda r: stats.loss_auc(r.get("curve") or []))
+    out["note"] = "; ".join(notes) or None
+    return out
+
+
+def paired_analysis(runs: list[dict], labels: Sequence[str], tasks: Sequence[str], reference: str,
+                    B: int = BOOTSTRAP_REPLICATES) -> dict[tuple[str, str], dict]:
+    """(label, task) -> the paired comparison with the reference, for every label but the reference."""
+    out = {}
+    for ti, task in enumerate(tasks):
+        ref = [r for r in runs if r["label"] == reference and r["task"] == task]
+        for li, label in enumerate(labels):
+            if label != reference:
+                mine = [r for r in runs if r["label"] == label and r["task"] == task]
+                out[(label, task)] = paired_one(mine, ref, seed=1000 * ti + li, B=B)
+    return out
+
+
+def _pts(x, signed: bool = True, fmt: str = "{:+.1f}") -> str:
+    return "–" if x is None else (fmt if signed else "{:.1f}").format(100 * x)
+
+
+def _interval(d: dict | None, scale: float = 100.0, fmt: str = "{:+.1f}") -> str:
+    """``Δ [lo, hi]`` (Δ alone for one seed, – for none)."""
+    if not d or d.get("delta") is None:
+        return "–"
+    v = fmt.format(scale * d["delta"])
+    if d.get("ci95") is None:
+        return f"{v} (n=1)"
+    lo, hi = (fmt.format(scale * x) for x in d["ci95"])
+    return f"{v} [{lo}, {hi}]" + ("" if d.get("verdict") in (None, "no difference") else f" {d['verdict']}")
+
+
+def paired_table(rows: list[tuple[str, str, dict]], reference: str) -> list[str]:
+    """Markdown lines of the paired comparison: ``rows`` = (label, task, paired_one(...))."""
+    lines = [f"Paired against `{reference}` over the seeds both finished (same data sample, order and test "
+             f"examples per seed); Δ = method − `{reference}` in accuracy points (JSON/CSV: fractions), 95% "
+             f"intervals from a hierarchical paired bootstrap over seeds and test examples "
+             f"(`pipelines/stats.py`); verdict at 95%; *resolves ±* is the interval's half-width, the smallest "
+             f"difference this design can call, and *seed var* the share of its variance that more seeds would "
+             f"reduce (the rest is the shared test set's); McNemar: seeds whose exact test has p < 0.05; dev-loss "
+             f"columns: paired t intervals over seeds (lower is better), AUC = dev loss averaged over the run's "
+             f"forward passes.", "",
+             "| method | task | seeds | Δ test acc (pts) [95% CI] | p | verdict | resolves ± | seed var | McNemar "
+             "p<0.05 | Δ final dev loss | Δ dev-loss AUC |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for label, task, p in rows:
+        acc = "–" if p["delta_acc"] is None else _interval({"delta": p["delta_acc"], "ci95": p["ci95"]})
+        pv = "–" if p["p_value"] is None else (f"{p['p_value']:.3f}" if p["p_value"] >= 0.001 else "<0.001")
+        share = "–" if p["seed_share"] is None else f"{100 * p['seed_share']:.0f}%"
+        mc = "–" if not p["mcnemar"] else f"{sum(m['p_value'] < 0.05 for m in p['mcnemar'])}/{len(p['mcnemar'])}"
+        seeds = str(p["seeds"]) if p["seeds"] else "–"
+        lines.append(f"| {label} | {task} | {seeds} | {acc} | {pv} | {p['verdict'] or '–'} | "
+                     f"{_pts(p['half_width'], signed=False)} | {share} | {mc} | "
+                     f"{_interval(p['delta_final_dev_loss'], 1.0, '{:+.3f}')} | "
+                     f"{_interval(p['delta_dev_loss_auc'], 1.0, '{:+.3f}')} |")
+        if p.get("note"):
+            notes.append(f"{label} on {task}: {p['note']}")
+    if notes:
+        lines += ["", "Notes: " + "; ".join(notes) + "."]
+    return lines
+
+
+# =========================================================================== tables, CSV, plots, README
+def _pm(m, s, n: int, scale: float = 1.0, fmt: str = "{:.1f}") -> str:
+    """``mean ± std`` (just the value for one seed, – for none)."""
+    if n == 0 or m is None or (isinstance(m, float) and math.isnan(m)):
+        return "–"
+    v = fmt.format(scale * m)
+    return v if n == 1 else f"{v} ± {fmt.format(scale * s)}"
+
+
+def _pct(a: dict) -> str:
+    return _pm(a["test_accuracy_mean"], a["test_accuracy_std"], a["seeds"], 100.0)
+
+
+def _num(x, fmt="{:.0f}") -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def _small_tasks(cfg: CompareConfig) -> str:
+    """The tasks whose train split is too small for the requested sizes (finetune fits them)."""
+    from zoplatform.data import resolve_data_dir
+
+    from .finetune import split_sizes
+
+    data_dir = resolve_data_dir(cfg.data_dir)
+    fitted = {t: split_sizes(t, data_dir, cfg.num_train, cfg.num_dev) for t in cfg.tasks}
+    return "".join(f" ({t}: {n} train / {d} dev, its train split is small)" for t, (n, d) in fitted.items()
+                   if n != cfg.num_train)
+
+
+def markdown(cfg: CompareConfig, agg: list[dict], machine: str, flat_tasks: Sequence[str] = ()) -> str:
+    """The report: accuracy matrix, then the per-(method, task) details; ``flat_tasks`` are those where the
+    reference did not improve on its step-0 dev accuracy (see :func:`reference_not_above_start`)."""
+    own = "".join(f"; {t}: {b} ({b // 2} steps)" for t, b in cfg.task_budgets.items())
+    lines = [f"Model `{cfg.model}`, {machine}; budget {cfg.forward_budget} forward passes per run "
+             f"(two-point methods: {cfg.forward_budget // 2} steps{own}), batch {cfg.batch_size}, seeds "
+             f"{', '.join(map(str, cfg.seeds))}, {cfg.num_train} train examples{_small_tasks(cfg)}; "
+             f"mean ± std over seeds.", "",
+             "Test accuracy (%):", "",
+             "| method | " + " | ".join(cfg.tasks) + " |", "|---|" + "---|" * len(cfg.tasks)]
+    for label in cfg.methods:
+        cells = []
+        for task in cfg.tasks:
+            a = next(x for x in agg if x["label"] == label and x["task"] == task)
+            cells.append(_pct(a) + ("" if a["seeds"] in (0, len(cfg.seeds)) else f" (n={a['seeds']})"))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"Details (forward passes to reach `{cfg.reference}`'s final dev accuracy, per seed, mean over "
+                  f"the seeds that reach it):", "",
+              "| method | task | steps | test acc % | final dev loss | fwd to reference | reached | wall s | "
+              "peak MB |", "|---|---|---|---|---|---|---|---|---|"]
+    for a in agg:
+        loss = _pm(a["final_dev_loss_mean"], a["final_dev_loss_std"], a["seeds"], fmt="{:.3f}")
+        lines.append(f"| {a['label']} | {a['task']} | {a['steps']} | {_pct(a)} | {loss} | "
+                     f"{_num(a['forwards_to_reference_mean'])} | {a['reached_reference']} | "
+                     f"{_num(a['wall_time_s_mean'])} | {_num(a['peak_memory_mb_max'])} |")
+    paired = [(a["label"], a["task"], a["paired"]) for a in agg if a.get("paired")]
+    if flat_tasks:
+        lines += ["", f"On {', '.join(flat_tasks)}, `{cfg.reference}` ended no higher than its step-0 dev accuracy, "
+                      "so every method reaches that target at 0 forward passes and the column orders nothing there."]
+    if paired:
+        lines += ["", *paired_table(paired, cfg.reference)]
+    return "\n".join(lines) + "\n"
+
+
+def _flat(row: dict) -> dict:
+    """Nested dicts as ``outer.inner`` columns, 2-element intervals as ``_lo``/``_hi``, lists of dicts dropped."""
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, dict):
+            out |= {f"{k}.{kk}": vv for kk, vv in _flat(v).items()}
+        elif k.endswith("ci95"):
+            out[f"{k}_lo"], out[f"{k}_hi"] = v if v else (None, None)
+        elif not (isinstance(v, list) and v and isinstance(v[0], dict)):
+            out[k] = v
+    return out
+
+
+def write_csv(agg: list[dict], path: Path) -> Path:
+    rows = [_flat(a) for a in agg]
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def plots(cfg: CompareConfig, runs: list[dict], agg: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for task in cfg.tasks:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for label in cfg.methods:
+            curves = [r["curve"] for r in runs if r["label"] == label and r["task"] == task and r["curve"]
+                      and r["status"] == "done"]
+            if not curves:
+                continue
+            if label == ZERO_SHOT:  # no trajectory: the base model's dev metrics as a reference line
+                for ax, key in zip(axes, ("dev_accuracy", "dev_loss")):
+                    ax.axhline(statistics.fmean(c[0][key] for c in curves), ls="--", c="gray", lw=1,
+                               label=f"{label} (n={len(curves)})")
+                continue
+            n = min(len(c) for c in curves)
+            xs = [curves[0][i]["forwards"] for i in range(n)]
+            for ax, key in zip(axes, ("dev_accuracy", "dev_loss")):
+                ys = [[c[i][key] for c in curves] for i in range(n)]
+                m = [statistics.fmean(y) for y in ys]
+                s = [statistics.stdev(y) if len(y) > 1 else 0.0 for y in ys]
+                ax.plot(xs, m, "o-", label=f"{label} (n={len(curves)})", ms=3)
+                ax.fill_between(xs, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.15)
+        for ax, key in zip(axes, ("dev accuracy", "dev loss")):
+            ax.set_xlabel("forward passes"), ax.set_ylabel(key)
+        if axes[0].get_legend_handles_labels()[0]:
+            axes[0].legend(fontsize=8)
+        fig.suptitle(f"{task} ({cfg.model}): mean ± std over seeds")
+        fig.tight_layout()
+        files.append(out / f"dev_curves_{task}.png")
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+    mem = {a["label"]: a["peak_memory_mb_max"] for a in agg if a["peak_memory_mb_max"] is not None}
+    if mem:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.bar(list(mem), list(mem.values()))
+        ax.set_ylabel("peak memory (MB)"), ax.set_title("peak memory per method (max over runs)")
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+        fig.tight_layout()
+        files.append(out / "peak_memory.png")
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+    return files
+
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def update_readme(path: Path, body: str, recipe: str) -> None:
+    """Replace the README's generated Results block (between the markers)."""
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        raise ConfigError(f"--update-readme: {path} has no {README_START} ... {README_END} block")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    block = f"{README_START}\n<!-- generated by: {recipe} -->\n\n{body}\n{README_END}"
+    path.write_text(head + block + tail)
+
+
+def machine_line(device: str) -> str:
+    import platform
+
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{torch.cuda.get_device_name(0)}"
+    return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+
+
