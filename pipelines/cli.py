@@ -259,6 +259,9 @@ def run_data_options(f):
 @click.option("--reduction-factor", type=float, help="ASHA reduction factor (default 3)")
 @click.option("--time-budget-s", type=float, help="wall-clock budget of the sweep")
 @click.option("--optuna-storage", help="Optuna RDB URL or journal file (default: a journal in the sweep dir)")
+@click.option("--confirm-seeds", type=int, help="after the search, re-run the best config(s) and the space's paper "
+                                                "default on N fresh seeds and pair them: did tuning help?")
+@click.option("--confirm-top", type=int, help="how many of the best configurations to confirm (default 1)")
 @click.option("--eval-every", type=int)
 @run_data_options
 @click.option("--set", "settings", multiple=True, help="other fine-tune option KEY=VALUE (e.g. max_length=256)")

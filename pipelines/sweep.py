@@ -84,6 +84,8 @@ class SweepConfig(StrictModel):
     optuna_storage: str | None = Field(None, description="RDB URL or journal file; default: a journal file")
     finetune: dict[str, Any] = Field(default_factory=dict, description="other fine-tune options (batch_size, ...)")
     resume: bool = Field(False, description="continue the interrupted sweep storage/name")
+    confirm_seeds: int | None = Field(None, ge=1, description="re-run the best and the default on N fresh seeds")
+    confirm_top: int = Field(1, ge=1, description="how many of the best configurations to confirm")
     # testing hooks (not persisted): exercise retry and resume deterministically
     crash_after_steps: int | None = Field(None, ge=1, description="each trial raises once after N steps")
     interrupt_after_evals: int | None = Field(None, ge=1, description="interrupt the sweep (as Ctrl-C does) at "
@@ -194,6 +196,9 @@ def check_inputs(cfg: SweepConfig):
     ft = trial_finetune_config(cfg, fixed | point, out_dir=Path("unused"), resume=False, run_name="check",
                                tracking_uri=None, parent_run_id=None)
     check_finetune(ft)
+    from pipelines.confirm import check as check_confirm
+
+    check_confirm(cfg, space)
     return space, resources, objectives, Path(cfg.storage).resolve() / sweep_name(cfg)
 
 
@@ -928,6 +933,11 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
                     + yaml.safe_dump(best_cfg, sort_keys=False))
                 files.append(out / "best_config.yaml")
             files += make_plots(rows, objectives, imps, out)
+            confirmed = None
+            if cfg.confirm_seeds and not interrupted:  # did tuning help? pipelines/confirm.py
+                from pipelines.confirm import confirm
+
+                confirmed = confirm(cfg, space, rows, objectives, sweep_dir, parent, uri)
             for f in files:
                 parent.log_artifact(f)
             counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped_early", "failed",
@@ -954,6 +964,7 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
                 "storage": str(sweep_dir), "artifacts": [str(f) for f in files],
                 "wall_time_s": round(time.perf_counter() - t0, 2),
                 **({"resume_with": run_end.reason} if interrupted else {}),
+                **({"confirm": confirmed} if confirmed else {}),
             }
     finally:
         if started_ray:

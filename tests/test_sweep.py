@@ -240,3 +240,70 @@ def test_bench_sweep_overhead_reports_a_ratio(ray_session):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["ratio"] > 0 and out["direct_s"] > 0 and out["trials"] == 1
+
+
+# ----------------------------------------------------------------------------- --confirm-seeds
+def test_confirm_seeds_reruns_the_best_and_the_default_on_fresh_seeds_and_pairs_them(tmp_path, uri, monkeypatch):
+    import pipelines.sweep as sw
+
+    monkeypatch.setattr(sw, "_ray_connect", lambda: (_ for _ in ()).throw(AssertionError("no Ray here")))
+    # 2 trials = the space's two defaults; both confirmed, one of them is the default itself.  Large steps, so the
+    # tiny random model's predictions differ between the two settings
+    space = _space(tmp_path, "method: mezo\nparams:\n  lr: {dist: log_uniform, low: 1.0e-4, high: 1.0}\n"
+                             "  eps: {dist: log_uniform, low: 1.0e-3, high: 1.0e-1}\n"
+                             "defaults:\n  - {lr: 1.0e-2, eps: 1.0e-2}\n  - {lr: 1.0e-1, eps: 1.0e-2}\n")
+    code, s, out = sweep(tmp_path, "--backend", "optuna", "--trials", "2", "--max-concurrent", "1", "--space", space,
+                         "--scheduler", "none", "--num-test", "32", "--confirm-seeds", "2", "--confirm-top", "2")
+    assert code == 0 and s["status"] == "finished", out
+    conf = s["confirm"]
+    assert conf["seeds"] == [1, 2] and conf["steps"] == 4  # fresh seeds (the trials used 0), the trials' budget
+    by = {c["label"]: c for c in conf["configs"]}
+    assert set(by) == {"default", "best-1", "best-2"} and by["default"]["params"] == {"lr": 1e-2, "eps": 1e-2}
+    twin = [c for c in conf["configs"] if c["same_as"] == "default"]
+    other = [c for c in conf["configs"] if c["label"] != "default" and c["same_as"] is None]
+    assert len(twin) == 1 and len(other) == 1 and other[0]["params"] == {"lr": 1e-1, "eps": 1e-2}
+    assert twin[0]["paired"]["delta_acc"] == 0 and twin[0]["paired"]["verdict"] == "no difference"
+    p = other[0]["paired"]
+    assert {"delta_acc", "ci95", "p_value", "verdict", "seeds"} <= set(p) and p["seeds"] == 2
+    assert p["verdict"] in ("better", "worse", "no difference") and p["ci95"][0] <= p["delta_acc"] <= p["ci95"][1]
+    accs = {c["label"]: [r["test_accuracy"] for r in c["runs"]] for c in conf["configs"]}
+    per_seed = [a - b for a, b in zip(accs[other[0]["label"]], accs["default"])]
+    assert p["delta_acc"] == pytest.approx(sum(per_seed) / 2) and p["delta_acc"] != 0
+    assert [(m["b"] - m["c"]) / 32 for m in p["mcnemar"]] == pytest.approx(per_seed)  # discordant pairs
+    sweep_dir = Path(s["storage"])
+    for label in ("default", other[0]["label"]):
+        for seed in (1, 2):
+            summary = json.loads((sweep_dir / "confirm" / label / f"seed{seed}" / "summary.json").read_text())
+            assert summary["seed"] == seed and summary["steps"] == 4 and summary["num_test"] == 32
+    md = (sweep_dir / "results" / "confirm.md").read_text()
+    assert f"| {other[0]['label']} | sst2 | 2 |" in md and "| default |" in md
+    assert json.loads((sweep_dir / "results" / "confirm.json").read_text())["configs"] == conf["configs"]
+
+    c, parent, children = runs_of(uri, s["parent_run_id"])
+    confirm_runs = [r for r in children if r.data.tags.get("zo.kind") == "sweep-confirm"]
+    assert len(children) == 2 + 4 and len(confirm_runs) == 4  # the twin reuses the default's runs
+    assert all(r.info.status == "FINISHED" for r in confirm_runs)
+    assert sorted((r.data.tags["zo.confirm"], r.data.params["seed"]) for r in confirm_runs) == sorted(
+        (label, str(seed)) for label in ("default", other[0]["label"]) for seed in (1, 2))
+    key = f"confirm.{other[0]['label']}"
+    assert parent.data.metrics[f"{key}.delta_acc"] == pytest.approx(p["delta_acc"])
+    assert parent.data.tags[f"{key}.verdict"] == p["verdict"]
+    assert {"confirm.md", "confirm.json"} <= {a.path for a in c.list_artifacts(parent.info.run_id)}
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--confirm-top", "2"], "--confirm-top 2 needs --confirm-seeds"),
+    (["--confirm-seeds", "2", "--confirm-top", "9"], "--confirm-top 9 exceeds --trials 8"),
+    (["--confirm-seeds", "0"], "confirm_seeds=0 is invalid"),
+    (["--confirm-seeds", "2", "--space", "SPACE:method: mezo\nparams:\n  lr: {dist: log_uniform, low: 1.0e-7, "
+                                         "high: 1.0e-4}\n"], "has no defaults"),
+])
+def test_bad_confirm_options_are_one_line_before_anything_runs(args, msg, tmp_path, monkeypatch):
+    import pipelines.sweep as sw
+
+    monkeypatch.setattr(sw, "_ray_connect", lambda: (_ for _ in ()).throw(AssertionError("Ray started")))
+    args = [_space(tmp_path, a[6:]) if a.startswith("SPACE:") else a for a in args]
+    code, _, out = sweep(tmp_path, *args)
+    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], out
+    assert not (tmp_path / "sweeps").exists()
