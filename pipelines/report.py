@@ -165,7 +165,7 @@ def paired_table(rows: list[tuple[str, str, dict]], reference: str) -> list[str]
         if p.get("note"):
             notes.append(f"{label} on {task}: {p['note']}")
     if notes:
-        lines += ["", "Notes: " + "; ".join(notes) + "."]
+        lines += ["", "Notes:", "", *(f"- {n}" for n in notes)]
     return lines
 
 

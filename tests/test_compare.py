@@ -311,7 +311,7 @@ def test_report_pairs_runs_by_seed_with_verdicts_and_dashes_for_runs_without_pre
     rows = {ln.split(" | ")[0].strip("| "): ln.split(" | ") for ln in table.splitlines()[2:] if ln.startswith("|")}
     assert rows["curvzo"][5] == "better" and rows["sparse-mezo"][5] == "no difference"
     assert rows["loren"][2:8] == ["–"] * 6  # seeds, Δ, p, verdict, resolves, seed share
-    assert "Notes: loren on sst2: seeds 0, 1, 2 without predictions.npz" in md
+    assert "- loren on sst2: seeds 0, 1, 2 without predictions.npz (older runs)" in md
     assert "| curvzo | sst2 | 3 |" in (tmp_path / "README.md").read_text()  # the README block has the table
     csv_rows = {r["label"]: r for r in csv.DictReader(open(root / "results.csv"))}
     assert csv_rows["curvzo"]["paired.verdict"] == "better"
