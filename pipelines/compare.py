@@ -6,7 +6,9 @@ parent run), then writes a results report:
 
 - ``results.md`` / ``results.csv``: mean ± std test accuracy per method × task,
   final dev loss, forward passes to reach the reference method's (MeZO's) final
-  dev accuracy, wall time, peak memory;
+  dev accuracy, wall time, peak memory, and every method's paired verdict against
+  the reference (Δ test accuracy with a 95% interval, McNemar per seed, Δ dev
+  loss and dev-loss AUC: :mod:`pipelines.report`, :mod:`pipelines.stats`);
 - ``dev_curves_<task>.png`` (dev accuracy and dev loss vs forward passes, one
   curve per method, mean over seeds with a ±std band) and ``peak_memory.png``.
 
@@ -38,7 +40,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -52,14 +53,17 @@ from zoplatform.config import StrictModel, read_mapping, validate
 from zoplatform.errors import ConfigError
 
 from .finetune import FO_METHODS, FinetuneConfig
-from .report import (  # noqa: F401  (README_START/END: re-exported for callers of the report)
+from .report import (  # noqa: F401  (3. results: pipelines/report.py; some names re-exported for its callers)
     README_END,
     README_START,
     ZERO_SHOT,
+    collect,
+    forwards_to_reach,
     machine_line,
     markdown,
-    paired_analysis,
+    paired_metrics,
     plots,
+    reference_not_above_start,
     update_readme,
     write_csv,
 )
@@ -303,85 +307,7 @@ def _threads_of(resources: dict) -> int:
     return max(1, int(resources["cpu"]))
 
 
-# =========================================================================== 3. results
-def _curve(out_dir: Path) -> list[dict]:
-    state = out_dir / "state.json"
-    if not state.is_file():
-        return []
-    return json.loads(state.read_text())["history"]["evals"]
-
-
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    if not xs:
-        return math.nan, math.nan
-    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-
-def forwards_to_reach(curve: list[dict], target: float) -> int | None:
-    """Forward passes at the first dev evaluation with accuracy ≥ target."""
-    for e in curve:
-        if e["dev_accuracy"] >= target - 1e-12:
-            return int(e["forwards"])
-    return None
-
-
-def reference_not_above_start(runs: list[dict], reference: str) -> list[str]:
-    """Tasks where no finished run of the reference ended above its own first (step-0) dev accuracy: there the
-    target is met at step 0 by any method that starts from the same model, so "fwd to reference" orders nothing."""
-    tasks: dict[str, bool] = {}
-    for r in runs:
-        if r["label"] == reference and r["status"] == "done" and r["curve"]:
-            flat = r["curve"][-1]["dev_accuracy"] <= r["curve"][0]["dev_accuracy"]
-            tasks[r["task"]] = tasks.get(r["task"], True) and flat
-    return [t for t, flat in tasks.items() if flat]
-
-
-def collect(cfg: CompareConfig, specs: list[RunSpec]) -> tuple[list[dict], list[dict]]:
-    """Per-run rows and per-(label, task) aggregate rows."""
-    runs = []
-    for s in specs:
-        curve = _curve(s.out_dir)
-        sm = s.summary if s.status == "done" else {}
-        runs.append({"label": s.label, "method": s.config.method, "task": s.task, "seed": s.seed,
-                     "status": s.status, "steps": s.config.steps,
-                     "test_accuracy": sm.get("test_accuracy"),
-                     "final_dev_accuracy": curve[-1]["dev_accuracy"] if curve else None,
-                     "final_dev_loss": curve[-1]["dev_loss"] if curve else None,
-                     "forward_passes": sm.get("forward_passes"), "wall_time_s": sm.get("wall_time_s"),
-                     "peak_memory_mb": sm.get("peak_memory_mb"), "mlflow_run_id": sm.get("mlflow_run_id"),
-                     "error": sm.get("error"), "curve": curve, "out_dir": str(s.out_dir)})
-    ref_final = {(r["task"], r["seed"]): r["final_dev_accuracy"] for r in runs
-                 if r["label"] == cfg.reference and r["final_dev_accuracy"] is not None}
-    for r in runs:
-        target = ref_final.get((r["task"], r["seed"]))
-        r["forwards_to_reference"] = (forwards_to_reach(r["curve"], target)
-                                      if target is not None and r["curve"] and r["label"] != ZERO_SHOT else None)
-    agg = []
-    for label in cfg.methods:
-        for task in cfg.tasks:
-            rs = [r for r in runs if r["label"] == label and r["task"] == task]
-            done = [r for r in rs if r["status"] == "done"]
-            acc_m, acc_s = _mean_std([r["test_accuracy"] for r in done])
-            loss_m, loss_s = _mean_std([r["final_dev_loss"] for r in done])
-            reached = [r["forwards_to_reference"] for r in done if r["forwards_to_reference"] is not None]
-            mem = [r["peak_memory_mb"] for r in done if r["peak_memory_mb"] is not None]
-            agg.append({"label": label, "method": rs[0]["method"], "task": task, "seeds": len(done),
-                        "failed": sum(r["status"] == "failed" for r in rs),
-                        "test_accuracy_mean": acc_m, "test_accuracy_std": acc_s,
-                        "final_dev_loss_mean": loss_m, "final_dev_loss_std": loss_s,
-                        "forwards_to_reference_mean": statistics.fmean(reached) if reached else None,
-                        "reached_reference": f"{len(reached)}/{len(done)}",
-                        "wall_time_s_mean": _mean_std([r["wall_time_s"] for r in done])[0],
-                        "peak_memory_mb_max": max(mem) if mem else None,
-                        "steps": rs[0]["steps"], "forward_budget": cfg.budget(task)})
-    paired = paired_analysis(runs, cfg.methods, cfg.tasks, cfg.reference)
-    for a in agg:
-        if (a["label"], a["task"]) in paired:
-            a["paired"] = paired[(a["label"], a["task"])]
-    return runs, agg
-
-
+# =========================================================================== 3. results: pipelines/report.py
 # =========================================================================== 4. the recipe
 def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
     """Plan, run what is missing, report.  Returns the JSON summary."""
@@ -454,18 +380,6 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
         return {"status": outcome, "runs": len(specs), "failed": len(failed), "missing": len(missing),
                 "aggregate": agg, "parent_run_id": parent.run_id, "tracking_uri": uri, "out": str(out),
                 "artifacts": [str(f) for f in files], "wall_time_s": round(time.perf_counter() - t0, 2)}
-
-
-def paired_metrics(agg: list[dict]) -> dict[str, float]:
-    """``paired.<label>.<task>.{delta_acc,ci95_lo,ci95_hi,p_value}`` of the rows with a paired accuracy."""
-    out = {}
-    for a in agg:
-        p = a.get("paired")
-        if p and p["delta_acc"] is not None:
-            key = f"paired.{a['label']}.{a['task']}"
-            out |= {f"{key}.delta_acc": p["delta_acc"], f"{key}.ci95_lo": p["ci95"][0],
-                    f"{key}.ci95_hi": p["ci95"][1], f"{key}.p_value": p["p_value"]}
-    return out
 
 
 def load_compare_config(data: dict[str, Any], configs_file: str | None) -> CompareConfig:
