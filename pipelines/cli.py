@@ -360,7 +360,8 @@ def meta_train(config_file, as_json, preset, **opts):
 @click.option("--task-budget", "task_budgets", help="per-task forward budgets overriding --forward-budget, e.g. cb=200")
 @click.option("--eval-points", type=int, help="dev evaluations per run (default 6)")
 @click.option("--configs", "configs_file", help="YAML: label -> finetune options, or -> a zo sweep best_config.yaml")
-@click.option("--reference", help="label whose final dev accuracy the others must reach (default mezo)")
+@click.option("--reference", help="label the others are paired with (verdicts, Δ with 95% intervals) and whose "
+                                  "final dev accuracy they must reach (default mezo)")
 @click.option("--backend", help="local (default; one run at a time, fresh process each) or ray (parallel)")
 @click.option("--resources", help="per run, e.g. cpu=1 or cpu=4,gpu=1 (default cpu=1)")
 @click.option("--out", help="output directory (default ./compare); rerunning reuses finished runs")

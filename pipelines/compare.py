@@ -88,7 +88,8 @@ class CompareConfig(StrictModel):
         default_factory=dict, description="task -> its own forward budget (overrides forward_budget)")
     eval_points: int = Field(6, ge=1, description="dev evaluations per run (at equal forward passes)")
     configs: dict[str, Any] = Field(default_factory=dict, description="label -> finetune options or a config path")
-    reference: str = Field("mezo", description="label whose final dev accuracy the others must reach")
+    reference: str = Field("mezo", description="label the others are paired with (verdicts) and whose final dev "
+                                               "accuracy they must reach")
     batch_size: int = Field(16, ge=1)
     num_train: int = Field(1000, ge=1)
     num_dev: int | None = Field(None, ge=1)

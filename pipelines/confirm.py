@@ -119,7 +119,7 @@ def markdown(cfg, name: str, seeds: list[int], configs: list[dict]) -> str:
 
 def confirm(cfg, space, rows: list[dict], objectives, sweep_dir: Path, parent, uri: str) -> dict[str, Any]:
     """Re-run the best configurations and the default on fresh seeds, pair them, report; returns the summary."""
-    from pipelines.report import paired_one
+    from pipelines.report import paired_one, stable_seed
 
     default = default_params(space)
     seeds = [cfg.seed + 1 + j for j in range(cfg.confirm_seeds)]
@@ -141,11 +141,12 @@ def confirm(cfg, space, rows: list[dict], objectives, sweep_dir: Path, parent, u
             acc = rec["test_accuracy"]
             print(f"[confirm {done}/{total}] {c['label']} seed {s}: "
                   f"{f'test {acc:.3f}' if acc is not None else rec['error']}", file=sys.stderr, flush=True)
-    for i, c in enumerate(configs):
+    for c in configs:
         c["runs"] = runs[c["same_as"] or c["label"]]
         c["setting"] = _describe(c["params"], default) + (
             f" (= {c['same_as']})" if c["same_as"] not in (None, DEFAULT) else "")
-        c["paired"] = None if c["label"] == DEFAULT else paired_one(c["runs"], runs[DEFAULT], seed=i)
+        c["paired"] = None if c["label"] == DEFAULT else paired_one(c["runs"], runs[DEFAULT],
+                                                                    seed=stable_seed(c["label"], DEFAULT, cfg.task))
         if c["same_as"] and c["paired"] is not None:
             c["paired"]["note"] = f"the same configuration as {c['same_as']}: the same runs"
     out = sweep_dir / "results"

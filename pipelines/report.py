@@ -204,16 +204,23 @@ def paired_one(runs_a: list[dict], runs_ref: list[dict], *, seed: int = 0,
     return out
 
 
+def stable_seed(*parts: str) -> int:
+    """A bootstrap seed from names (not positions), so adding a method leaves the others' figures unchanged."""
+    import zlib
+
+    return zlib.crc32("/".join(parts).encode())
+
+
 def paired_analysis(runs: list[dict], labels: Sequence[str], tasks: Sequence[str], reference: str,
                     B: int = BOOTSTRAP_REPLICATES) -> dict[tuple[str, str], dict]:
     """(label, task) -> the paired comparison with the reference, for every label but the reference."""
     out = {}
-    for ti, task in enumerate(tasks):
+    for task in tasks:
         ref = [r for r in runs if r["label"] == reference and r["task"] == task]
-        for li, label in enumerate(labels):
+        for label in labels:
             if label != reference:
                 mine = [r for r in runs if r["label"] == label and r["task"] == task]
-                out[(label, task)] = paired_one(mine, ref, seed=1000 * ti + li, B=B)
+                out[(label, task)] = paired_one(mine, ref, seed=stable_seed(label, reference, task), B=B)
     return out
 
 
