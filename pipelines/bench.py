@@ -111,15 +111,21 @@ def memory_child(args: dict) -> dict:
 
     import zoplatform
 
+    from zoplatform.precision import cast_model_, load_dtype
+
+    precision = args.get("precision", "fp32")
     m, tok, scorer, batch, _ = _setup(args["model"], args["task"], args["batch_size"], args["device"],
-                                      args["dtype"], args.get("data_dir"))
+                                      load_dtype(precision) if precision != "fp32" else args["dtype"],
+                                      args.get("data_dir"))
     mode = args["mode"]
     if mode == "fo":
         opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5)
     elif mode == "zo":
         law = {"direction": args["direction"]} if args.get("direction") else {}
         opt = zoplatform.optimizer(args["method"], m.named_parameters(), lr=1e-7, record=False, **law,
-                                   **args.get("options", {}))
+                                   precision=precision, **args.get("options", {}))
+    if mode != "fo":
+        cast_model_(m, precision)
     gc.collect()
     _reset_peak(args["device"])
     loaded = _read_peak(args["device"])  # right after the reset: the loaded model's footprint
@@ -154,9 +160,104 @@ def _laws(name: str, directions) -> list:
     return list(directions) if "direction" in zoplatform.get_method(name).Config.model_fields else [None]
 
 
+def _mode_times(model, task, batch_size, device, data_dir, precision: str, specs, directions, repeats) -> dict:
+    """forward_s and per method/law step_s of one precision mode (a fresh model load)."""
+    import torch
+
+    import zoplatform
+    from zoplatform.precision import cast_model_, load_dtype
+
+    m, tok, scorer, batch, _ = _setup(model, task, batch_size, device, load_dtype(precision), data_dir)
+    out: dict[str, Any] = {"methods": {}}
+    base = [p.detach().clone() for p in m.parameters()]
+    first = True
+    for spec, (name, opts) in specs.items():
+        for direction in _laws(name, directions):
+            for p, b in zip(m.parameters(), base):  # every method starts from the loaded weights
+                p.data = b.clone()
+            law = {"direction": direction} if direction else {}
+            opt = zoplatform.optimizer(name, m.named_parameters(), lr=1e-7, record=False, precision=precision,
+                                       **law, **opts)
+            cast_model_(m, precision)
+            if first:
+                def fwd():
+                    with torch.inference_mode():
+                        scorer.loss(batch)
+
+                out["forward_s"] = _median_time(fwd, repeats)
+                first = False
+
+            def step():
+                with torch.inference_mode():
+                    opt.step(lambda: scorer.loss(batch))
+
+            t = _median_time(step, repeats)
+            fps = opt.method.forwards_per_step
+            out["methods"][f"{spec}/{direction}" if direction else spec] = {
+                "step_s": t, "step_to_2fwd_ratio": t / (2 * out["forward_s"]),
+                "step_to_own_forwards_ratio": t / (fps * out["forward_s"])}
+    return out
+
+
+def precision_section(model, task, batch_size, device, data_dir, precisions, specs, directions, repeats,
+                      memory: bool) -> dict:
+    """``precisions``: for each mode, forward and step times, step time against that mode's own two
+    forwards and against the fp32 Gaussian MeZO step of the same run, and peak memory against fp32
+    inference's peak (each mode in its own subprocess)."""
+    ref = _mode_times(model, task, batch_size, device, data_dir, "fp32", {"mezo": ("mezo", {})}, ["gaussian"],
+                      repeats)["methods"]["mezo/gaussian"]["step_s"]
+    common = {"model": model, "task": task, "batch_size": batch_size, "device": device, "dtype": "float32",
+              "data_dir": data_dir}
+    inf32 = _run_child(common | {"mode": "inference"})["peak_bytes"] if memory else None
+    out: dict[str, Any] = {"fp32_gaussian_mezo_step_s": ref}
+    if inf32:
+        out["fp32_inference_peak_mb"] = inf32 / 2**20
+    for prec in precisions:
+        sec = _mode_times(model, task, batch_size, device, data_dir, prec, specs, directions, repeats)
+        for key, row in sec["methods"].items():
+            row["step_vs_fp32_gaussian"] = row["step_s"] / ref
+            if memory:
+                name, opts = specs[key.rsplit("/", 1)[0]] if "/" in key else specs[key]
+                direction = key.rsplit("/", 1)[1] if "/" in key else None
+                peak = _run_child(common | {"mode": "zo", "method": name, "options": opts, "direction": direction,
+                                            "precision": prec})["peak_bytes"]
+                row["peak_mb"], row["mem_to_fp32_inference"] = peak / 2**20, peak / inf32
+        if memory:
+            inf = _run_child(common | {"mode": "inference", "precision": prec})["peak_bytes"]
+            sec["inference_mem_to_fp32_inference"] = inf / inf32
+        out[prec] = sec
+    return out
+
+
+def thread_scaling(model, task, batch_size, device, data_dir, threads, specs, directions, repeats) -> dict:
+    """Forward and step times at each thread count (torch and direction threads), and the speed-up
+    over the first count."""
+    import torch
+
+    from zoplatform.params import set_threads
+
+    prev = torch.get_num_threads()
+    out: dict[str, Any] = {}
+    try:
+        for n in threads:
+            torch.set_num_threads(n)
+            set_threads(n)
+            out[str(n)] = _mode_times(model, task, batch_size, device, data_dir, "fp32", specs, directions, repeats)
+    finally:
+        torch.set_num_threads(prev)
+        set_threads(None)
+    first = out[str(threads[0])]
+    for n in threads[1:]:
+        sec = out[str(n)]
+        sec["forward_speedup"] = first["forward_s"] / sec["forward_s"]
+        for key, row in sec["methods"].items():
+            row["step_speedup"] = first["methods"][key]["step_s"] / row["step_s"]
+    return out
+
+
 def step_cost(*, model: str, task: str, batch_size: int = 16, methods=("mezo",), directions=("gaussian",),
               repeats: int = 5, device: str = "cpu", dtype: str = "float32", data_dir: str | None = None,
-              memory: bool = True) -> dict[str, Any]:
+              memory: bool = True, precisions=(), threads=()) -> dict[str, Any]:
     import torch
 
     import zoplatform
@@ -164,6 +265,18 @@ def step_cost(*, model: str, task: str, batch_size: int = 16, methods=("mezo",),
     from zoplatform.objectives import NaiveScorer
     from zoplatform.params import axpy_
 
+    from zoplatform.errors import ConfigError
+
+    if repeats < 1:
+        raise ConfigError(f"repeats={repeats} is invalid: must be >= 1")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} is invalid: must be >= 1")
+    from zoplatform.precision import check_precision
+
+    for prec in precisions:
+        check_precision(prec)
+    if any(int(t) < 1 for t in threads):
+        raise ConfigError(f"threads={','.join(map(str, threads))} is invalid: every count must be >= 1")
     specs = {spec: parse_method_spec(spec) for spec in methods}
     check_spec(model)
     m, tok, scorer, batch, protocol = _setup(model, task, batch_size, device, dtype, data_dir)
@@ -235,6 +348,12 @@ def step_cost(*, model: str, task: str, batch_size: int = 16, methods=("mezo",),
                                           "direction": direction})["peak_bytes"]
                 out["methods"][f"{spec}/{direction}" if direction else spec].update(
                     {"peak_mb": zo / 2**20, "zo_mem_to_inference_ratio": zo / inf})
+    if precisions:
+        out["precisions"] = precision_section(model, task, batch_size, device, data_dir, list(precisions), specs,
+                                              directions, repeats, memory)
+    if threads:
+        out["threads"] = thread_scaling(model, task, batch_size, device, data_dir, [int(t) for t in threads], specs,
+                                        directions, repeats)
     return out
 
 

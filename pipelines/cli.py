@@ -28,7 +28,7 @@ def friendly(fn):
             return fn(*a, **kw)
         except ZOError as e:
             click.echo(f"error: {e}", err=True)
-            sys.exit(EXIT_USAGE)
+            sys.exit(getattr(e, "exit_code", EXIT_USAGE))  # 2: bad input; 1: the run failed (e.g. diverged)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -37,8 +37,10 @@ def friendly(fn):
 
 
 def emit_json(obj) -> None:
-    """The JSON summary is always the last line of stdout."""
-    click.echo(json.dumps(obj, default=str))
+    """The JSON summary is always the last line of stdout (standard JSON: null, never NaN)."""
+    from zoplatform.jsonio import dumps
+
+    click.echo(dumps(obj, default=str))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,6 +72,9 @@ def finetune_options(f):
         click.option("--head-init", type=str, help="head protocol: random (default) or probe (linear probe first)"),
         click.option("--lora/--no-lora", default=None), click.option("--lora-r", type=int),
         click.option("--device", type=str), click.option("--dtype", type=str),
+        click.option("--precision", type=str, help="fp32 (default) | bf16-mixed (bf16 forward, fp32 master weights) "
+                                                   "| fp16-mixed | bf16-true | fp16-true"),
+        click.option("--threads", type=int, help="CPU threads for the forward and the direction generation"),
         click.option("--select", type=str, help="best (dev) or last step for the test evaluation"),
         click.option("--zero-shot/--no-zero-shot", default=None, help="evaluate the base model on test first (default on)"),
         click.option("--tracking-uri", type=str), click.option("--experiment", type=str),
@@ -113,7 +118,9 @@ def finetune(config_file, as_json, method_option, **opts):
     if as_json:
         emit_json(summary)
     else:
-        click.echo(json.dumps(summary, indent=1, default=str))
+        from zoplatform.jsonio import dumps
+
+        click.echo(dumps(summary, indent=1, default=str))
 
 
 @main.command("eval")
@@ -128,18 +135,24 @@ def finetune(config_file, as_json, method_option, **opts):
 @click.option("--batch-size", type=int, default=32)
 @click.option("--data-dir", type=str)
 @click.option("--device", default="cpu")
-@click.option("--dtype", default="float32")
+@click.option("--dtype", default=None, help="float32 | bfloat16 | float16 (pure weights); prefer --precision")
+@click.option("--precision", default=None,
+              help="precision mode (default: the trajectory's, else fp32); fp32 | bf16-mixed | fp16-mixed | ...")
+@click.option("--steps", type=int, default=None, help="replay only the first N steps of --trajectory")
+@click.option("--threads", type=int, default=None, help="CPU threads")
 @click.option("--protocol", type=click.Choice(["prompt", "head"]))
+@click.option("--progress/--no-progress", default=True)
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def eval_cmd(model, task, trajectory, split, num_train, num_dev, num_test, seed, batch_size, data_dir, device, dtype,
-             protocol, as_json):
+             precision, steps, threads, protocol, progress, as_json):
     """Zero-shot accuracy, or the accuracy of a ZO checkpoint (trajectory)."""
     from pipelines.evaluate import run_eval
 
     out = run_eval(model=model, task=task, trajectory=trajectory, split=split, num_train=num_train, num_dev=num_dev,
                    num_test=num_test, seed=seed, batch_size=batch_size, data_dir=data_dir, device=device,
-                   dtype=dtype, protocol=protocol)
+                   dtype=dtype, precision=precision, steps=steps, threads=threads, protocol=protocol,
+                   progress=progress)
     emit_json(out) if as_json else click.echo(json.dumps(out, indent=1))
 
 
@@ -211,10 +224,13 @@ def bench():
 @click.option("--dtype", default="float32")
 @click.option("--data-dir", type=str)
 @click.option("--no-memory", is_flag=True, help="skip the subprocess peak-memory measurements")
+@click.option("--precisions", default="", help="comma-separated precision modes for a 'precisions' section, "
+                                               "e.g. fp32,bf16-mixed")
+@click.option("--threads", "threads_", default="", help="comma-separated thread counts for a scaling section, e.g. 1,2")
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def bench_step_cost(model, task, batch_size, methods_, directions, repeats, device, dtype, data_dir, no_memory,
-                    as_json):
+                    precisions, threads_, as_json):
     """ZO step time vs two forward passes, peak memory vs inference and first-order, scorer speed-up.
 
     Method options let one run compare variants, e.g. CurvZO's step cost against its budget."""
@@ -222,8 +238,16 @@ def bench_step_cost(model, task, batch_size, methods_, directions, repeats, devi
 
     out = step_cost(model=model, task=task, batch_size=batch_size, methods=[m for m in methods_.split(",") if m],
                     directions=directions.split(","), repeats=repeats, device=device, dtype=dtype,
-                    data_dir=data_dir, memory=not no_memory)
+                    data_dir=data_dir, memory=not no_memory, precisions=[p for p in precisions.split(",") if p],
+                    threads=_int_list(threads_, "threads"))
     emit_json(out) if as_json else click.echo(json.dumps(out, indent=1))
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ZOError(f"--{what} {text!r} must be comma-separated integers, e.g. 1,2") from None
 
 
 def run_data_options(f):

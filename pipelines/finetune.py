@@ -23,7 +23,10 @@ import torch
 from pydantic import Field, model_validator
 
 from zoplatform.config import StrictModel, read_mapping, validate
-from zoplatform.errors import ConfigError
+from zoplatform.errors import ConfigError, Diverged
+from zoplatform.jsonio import write_json
+
+from .checkpoint import TRAJECTORY_FILE, OutDirLock, load_trajectory, read_state, resume_config, write_checkpoint
 
 FO_METHODS = {"fo": "first-order AdamW (backprop) baseline"}
 SMALL_TRAIN_TASKS = {"cb", "copa", "wsc"}  # dev = 100 (MeZO: CB/COPA; WSC has 554 train rows)
@@ -35,7 +38,7 @@ class FinetuneConfig(StrictModel):
     model: str = Field("smollm2-135m", min_length=1)
     task: str = "sst2"
     method: str = "mezo"
-    steps: int = Field(500, ge=0)
+    steps: int = Field(500, ge=0, le=10_000_000, description="ZO steps (at most 10⁷: a trajectory line per step)")
     lr: float | None = Field(None, gt=0, description="default: the method's (MeZO 1e-6, fo 1e-5)")
     eps: float | None = Field(None, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -49,7 +52,7 @@ class FinetuneConfig(StrictModel):
     num_train: int = Field(1000, ge=1)
     num_dev: int | None = Field(None, ge=1, description="default 500 (100 for CB/COPA)")
     num_test: int = Field(1000, ge=1)
-    eval_batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(32, ge=1, le=65536)
     max_length: int = Field(2048, ge=8)
     data_dir: str | None = None
     protocol: Literal["prompt", "head"] | None = None
@@ -59,7 +62,12 @@ class FinetuneConfig(StrictModel):
     lora_r: int = Field(8, ge=1)
     lora_alpha: float = Field(16, gt=0)
     device: str = "cpu"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights' dtype (bfloat16/float16: pure low-precision weights); see precision")
+    precision: Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16-true", "fp16-true"] | None = Field(
+        None, description="fp32 | bf16-mixed (bf16 forward, fp32 master weights: no update lost) | fp16-mixed | "
+                          "bf16-true | fp16-true; default: the one dtype names")
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads (torch and direction generation)")
     select: Literal["best", "last"] = "best"
     zero_shot: bool = True
     tracking: bool = True
@@ -77,6 +85,9 @@ class FinetuneConfig(StrictModel):
             raise ValueError("resume needs out_dir (the directory holding trajectory.jsonl)")
         if self.policy is not None and self.method != "zo-finetuner":
             raise ValueError(f"policy is an option of method zo-finetuner, not {self.method!r}")
+        if self.precision is not None and self.dtype != "float32":
+            raise ValueError(f"give precision or dtype, not both (dtype={self.dtype!r} means "
+                             f"precision={ {'bfloat16': 'bf16-true', 'float16': 'fp16-true'}[self.dtype]!r})")
         if self.head_init == "probe" and self.protocol == "prompt":
             raise ValueError("head_init='probe' needs the head protocol (a classifier to fit), not 'prompt'")
         return self
@@ -150,12 +161,6 @@ def split_sizes(task: str, data_dir, num_train: int, num_dev: int | None) -> tup
     return num_train, num_dev
 
 
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
-
-
 PREDICTIONS_FILE = "predictions.npz"
 
 
@@ -200,134 +205,168 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
     Hooks (used by sweeps): ``on_eval(step, metrics, history)`` runs after each
     dev evaluation, once the checkpoint is written; ``should_stop()`` is checked
     after every step and ends training early (the run then finishes normally:
-    best step, test, artifacts)."""
-    import zoplatform
-    from zoplatform.data import sample_splits
-    from zoplatform.loop import (
-        FOStepper,
-        History,
-        ZOStepper,
-        evaluate,
-        lr_lambda,
-        peak_memory_mb,
-        reset_peak_memory,
-        train,
-    )
-    from zoplatform.models import default_protocol, load_model
-    from zoplatform.objectives import make_scorer
-    from zoplatform.tracking import NullTracker, ending, mlflow_tracker
-    from zoplatform.trajectory import Trajectory, layout_digest
-
+    best step, test, artifacts).  A run whose loss or estimate becomes non-finite
+    raises :class:`~zoplatform.errors.Diverged` after saving its last finite
+    checkpoint (MLflow: FAILED, reason ``diverged at step k``)."""
     t_start = time.perf_counter()
     # 1. validate everything cheap first -----------------------------------
     out_dir = Path(cfg.out_dir) if cfg.out_dir else Path("runs") / (
         cfg.run_name or f"{cfg.task}-{cfg.method}-{cfg.model.replace('/', '_').replace(':', '_')}-s{cfg.seed}-{int(time.time())}")
+    if cfg.resume:  # the stored config is the run's identity; explicit options must agree with it
+        cfg = resume_config(cfg, read_state(out_dir))
     requested, cfg = cfg, resolve_policy_option(cfg, out_dir)
     task, method, data_dir = check_inputs(cfg)
+    splits = sample_data(cfg, data_dir)
+    if cfg.tracking and tracker is None:  # an unreachable server or a bad URI fails here, in one line
+        from zoplatform.tracking.mlflow import check_tracking_uri, resolve_tracking_uri
+
+        check_tracking_uri(resolve_tracking_uri(cfg.tracking_uri))
+    with OutDirLock(out_dir):  # held for the run's life: a second run on this out dir is refused
+        saved = read_state(out_dir)
+        if not cfg.resume and saved is not None and not (out_dir / "summary.json").is_file():
+            done = saved.get("history", {}).get("steps_done", "?")
+            raise ConfigError(f"out_dir {out_dir} holds an unfinished run's checkpoint (step {done}): continue it "
+                              f"with --resume, or choose another --out-dir (a new run would overwrite it)")
+        if cfg.resume and method is None:
+            raise ConfigError("resume is supported for ZO methods (their trajectory is the checkpoint), not for 'fo'")
+        return _run(cfg, requested, task, method, splits, out_dir, saved if cfg.resume else None, tracker, on_eval,
+                    should_stop, t_start)
+
+
+def sample_data(cfg: FinetuneConfig, data_dir):
+    """The run's train/dev/test sample, and the bounds that depend on it (checked before any work)."""
+    from zoplatform.data import sample_splits
+
     num_train, num_dev = split_sizes(cfg.task, data_dir, cfg.num_train, cfg.num_dev)
     splits = sample_splits(cfg.task, data_dir=data_dir, num_train=num_train, num_dev=num_dev,
                            num_test=cfg.num_test, seed=cfg.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    traj_path, state_path = out_dir / "trajectory.jsonl", out_dir / "state.json"
-    if not cfg.resume and state_path.is_file() and not (out_dir / "summary.json").is_file():
-        done = json.loads(state_path.read_text()).get("history", {}).get("steps_done", "?")
-        raise ConfigError(f"out_dir {out_dir} holds an unfinished run's checkpoint (step {done}): continue it with "
-                          f"--resume, or choose another --out-dir (a new run would overwrite it)")
-    saved = json.loads(state_path.read_text()) if cfg.resume and state_path.is_file() else None
-    if cfg.resume and method is None:
-        raise ConfigError("resume is supported for ZO methods (their trajectory is the checkpoint), not for 'fo'")
+    if cfg.steps > 0 and cfg.batch_size > len(splits.train):
+        raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(splits.train)} train examples of "
+                          f"{cfg.task}; allowed: 1..{len(splits.train)}")
+    return splits
 
+
+def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval, should_stop, t_start):
+    import zoplatform
+    from zoplatform.loop import FOStepper, History, ZOStepper, evaluate, lr_lambda, peak_memory_mb, \
+        reset_peak_memory, train
+    from zoplatform.models import default_protocol, load_model
+    from zoplatform.objectives import make_scorer
+    from zoplatform.params import set_threads
+    from zoplatform.precision import cast_model_, is_mixed, load_dtype
+    from zoplatform.tracking import NullTracker, ending, mlflow_tracker
+    from zoplatform.trajectory import layout_digest
+
+    precision = run_precision(cfg)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+        set_threads(cfg.threads)
+    traj_path = out_dir / TRAJECTORY_FILE
     # 2. tracking ----------------------------------------------------------
     if tracker is None:
         tracker = NullTracker() if not cfg.tracking else mlflow_tracker(
             tracking_uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.run_name or out_dir.name,
             parent_run_id=cfg.parent_run_id, run_id=(saved or {}).get("run_id"))
     params = cfg.model_dump(exclude={"progress", "tracking", "resume"})
-    params["num_dev"], params["num_train"] = num_dev, num_train
+    params["num_dev"], params["num_train"], params["precision"] = len(splits.dev), len(splits.train), precision
     if method is not None:
         params["method_config"] = method.config.model_dump()
     tracker.start(params, tags={"task": cfg.task, "model": cfg.model, "method": cfg.method, "zo.kind": "finetune",
                                 "host": platform.node(), "data_note": splits.note})
-    checkpoint = None
-    with ending(tracker, f"interrupted (SIGINT/SIGTERM); continue with: zo finetune --resume --out-dir {out_dir}",
-                on_interrupt=lambda: checkpoint is not None and checkpoint()):
+    history, opt = History(), None
+    summary: dict[str, Any] = {"model": cfg.model, "task": cfg.task, "method": cfg.method, "seed": cfg.seed,
+                               "steps": cfg.steps, "num_train": len(splits.train), "num_dev": len(splits.dev),
+                               "num_test": len(splits.test), "precision": precision, "out_dir": str(out_dir)}
+    if saved and saved.get("zero_shot_test_accuracy") is not None:
+        summary["zero_shot_test_accuracy"] = saved["zero_shot_test_accuracy"]
+
+    def checkpoint():
+        traj = None
+        if opt is not None and method is not None:
+            opt.trajectory.info.update({"model": cfg.model, "task": cfg.task})
+            del opt.trajectory.records[history.steps_done:]  # never a record the state does not vouch for
+            traj = opt.trajectory
+        write_checkpoint(out_dir, traj, {"run_id": tracker.run_id, "history": history.__dict__,
+                                         "zero_shot_test_accuracy": summary.get("zero_shot_test_accuracy"),
+                                         "config": requested.model_dump()})
+
+    if saved is None:
+        checkpoint()  # from here on a resume reopens this MLflow run, even if nothing was trained yet
+
+    def interrupted() -> str:
+        if history.steps_done == 0:
+            return "interrupted (SIGINT/SIGTERM) before the first step; zo finetune --resume --out-dir " \
+                   f"{out_dir} starts it again in this run"
+        return f"interrupted (SIGINT/SIGTERM) at step {history.steps_done}; continue with: zo finetune --resume " \
+               f"--out-dir {out_dir}"
+
+    with ending(tracker, interrupted, on_interrupt=lambda: opt is not None and checkpoint()) as outcome:
         # 3. model and objective -------------------------------------------
         protocol = cfg.protocol or default_protocol(cfg.model)
         lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha} if cfg.lora else None
-        model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, protocol=protocol,
+        model, tok = load_model(cfg.model, dtype=load_dtype(precision), device=cfg.device, protocol=protocol,
                                 num_labels=task.num_labels, lora=lora, seed=cfg.seed)
         scorer = make_scorer(model, tok, protocol=protocol, max_length=cfg.max_length)
         dev = next(model.parameters()).device
         reset_peak_memory(dev)
-
-        summary: dict[str, Any] = {"model": cfg.model, "task": cfg.task, "method": cfg.method, "seed": cfg.seed,
-                                   "steps": cfg.steps, "num_train": len(splits.train), "num_dev": len(splits.dev),
-                                   "num_test": len(splits.test), "out_dir": str(out_dir)}
         if cfg.head_init == "probe":  # deterministic: a resumed run refits the same head, then replays
             from zoplatform.probe import fit_linear_probe
 
             summary["probe_train_accuracy"] = fit_linear_probe(model, tok, splits.train,
                                                                max_length=cfg.max_length)
             tracker.log_metrics({"probe_train_accuracy": summary["probe_train_accuracy"]}, 0)
-        if saved and "zero_shot_test_accuracy" in saved:
-            summary["zero_shot_test_accuracy"] = saved["zero_shot_test_accuracy"]
-        elif cfg.zero_shot:
-            zs = evaluate(scorer, splits.test, cfg.eval_batch_size)
+
+        # 4. optimiser / stepper (a mixed precision mode takes its fp32 masters here) -----------
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        summary["trainable_params"] = sum(p.numel() for _, p in named)
+        if method is None:
+            opt = torch.optim.AdamW([p for _, p in named], lr=cfg.lr or 1e-5, weight_decay=cfg.weight_decay)
+            stepper = FOStepper(opt, scorer)
+        else:
+            opt = zoplatform.ZOOptimizer(named, cfg.method, seed=cfg.seed, no_decay=zoplatform.no_decay_names(model),
+                                         precision=precision, **method_hyper(cfg))
+            stepper = ZOStepper(opt, scorer)
+        if method is not None or not is_mixed(precision):
+            cast_model_(model, precision)  # fo in a mixed mode keeps fp32 weights under autocast
+        autocast = fo_autocast(method, precision, dev)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.schedule, cfg.steps))
+        if "zero_shot_test_accuracy" not in summary and cfg.zero_shot:
+            with autocast():
+                zs = evaluate(scorer, splits.test, cfg.eval_batch_size)
             summary["zero_shot_test_accuracy"] = zs.accuracy
             tracker.log_metrics({"zero_shot_test_accuracy": zs.accuracy, "zero_shot_test_loss": zs.loss}, 0)
 
-        # 4. optimiser / stepper --------------------------------------------
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        trainable = sum(p.numel() for _, p in named)
-        summary["trainable_params"] = trainable
-        if method is None:
-            lr = cfg.lr or 1e-5
-            opt = torch.optim.AdamW([p for _, p in named], lr=lr, weight_decay=cfg.weight_decay)
-            stepper = FOStepper(opt, scorer)
-        else:
-            no_decay = zoplatform.no_decay_names(model)
-            opt = zoplatform.ZOOptimizer(named, cfg.method, seed=cfg.seed, no_decay=no_decay, **method_hyper(cfg))
-            stepper = ZOStepper(opt, scorer)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.schedule, cfg.steps))
-
         best_copy: list[torch.Tensor] | None = None
-        history, start = History(), 0
-        resumed_wall = 0.0  # training time before a resume, so wall_time_s counts every segment
-        if saved is not None and traj_path.is_file():  # resume: replay the trajectory
-            traj = Trajectory.load(traj_path)
+        start, resumed_wall = 0, 0.0  # training time before a resume, so wall_time_s counts every segment
+        if saved is not None:  # resume: the history so far, then replay the trajectory
+            history = history_from(saved["history"])
+            resumed_wall, start = history.wall_s, history.steps_done
+            traj = load_trajectory(out_dir, saved) if start > 0 else opt.trajectory
             if traj.layout != layout_digest(opt.blocks) or traj.method != cfg.method:
-                raise ConfigError(f"{traj_path} was written for another method or parameter layout; "
+                raise ConfigError(f"{traj_path} was written for another method, parameter layout or precision; "
                                   f"start a new out_dir instead of resume")
-            h = saved["history"]
-            history = History(train=[tuple(x) for x in h["train"]], evals=h["evals"], best_step=h["best_step"],
-                              best_dev_accuracy=h["best_dev_accuracy"], best_dev_loss=h["best_dev_loss"],
-                              forwards=h["forwards"], steps_done=h["steps_done"], wall_s=h["wall_s"])
-            resumed_wall = history.wall_s
-            for i, rec in enumerate(traj.records[: history.steps_done]):
+
+            def keep_best(i, _state):
+                nonlocal best_copy
                 if cfg.select == "best" and i == history.best_step:
                     best_copy = [p.detach().to("cpu", copy=True) for _, p in named]
-                opt.method_state = opt.method.replay(opt.method_state, opt.blocks, rec)
-                opt.trajectory.append(rec)
+
+            records = traj.records[:start]
+            opt.method_state = zoplatform.replay(opt.method, opt.blocks, records, opt.method_state,
+                                                 progress=cfg.progress, on_step=keep_best)
+            opt.trajectory.records.extend(records)
             with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": replay steps no optimizer
                 warnings.simplefilter("ignore", UserWarning)
-                for _ in range(history.steps_done):
+                for _ in range(start):
                     sched.step()
-            opt.steps = start = history.steps_done
+            opt.steps = start
             if cfg.select == "best" and history.best_step == start:
                 best_copy = None  # the current weights are the best
             tracker.set_tags({"zo.resumed_at_step": str(start)})
 
-        def checkpoint():
-            if method is not None:
-                opt.trajectory.info.update({"model": cfg.model, "task": cfg.task})
-                opt.trajectory.save(traj_path)
-            _atomic_json(state_path, {"run_id": tracker.run_id, "history": history.__dict__,
-                                      "zero_shot_test_accuracy": summary.get("zero_shot_test_accuracy"),
-                                      "config": requested.model_dump()})
-
         def on_step(step, out):
-            tracker.log_metrics({k: v for k, v in out.items() if k != "forwards"} | {"lr": sched.get_last_lr()[0],
-                                "forward_passes": history.forwards}, step)
+            tracker.log_metrics({k: v for k, v in out.items() if isinstance(v, (int, float)) and k != "forwards"}
+                                | {"lr": sched.get_last_lr()[0], "forward_passes": history.forwards}, step)
 
         def eval_hook(step, m, is_best):
             nonlocal best_copy
@@ -341,10 +380,23 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
                 on_eval(step, m, history)
 
         # 5. train ------------------------------------------------------------
-        history = train(stepper, scorer, splits.train, splits.dev, steps=cfg.steps, batch_size=cfg.batch_size,
-                        data_seed=cfg.seed, eval_every=cfg.eval_every, scheduler=sched, start_step=start,
-                        history=history, on_step=on_step, on_eval=eval_hook, eval_batch_size=cfg.eval_batch_size,
-                        progress=cfg.progress, should_stop=should_stop)
+        try:
+            with autocast():
+                history = train(stepper, scorer, splits.train, splits.dev, steps=cfg.steps,
+                                batch_size=cfg.batch_size, data_seed=cfg.seed, eval_every=cfg.eval_every,
+                                scheduler=sched, start_step=start, history=history, on_step=on_step,
+                                on_eval=eval_hook, eval_batch_size=cfg.eval_batch_size, progress=cfg.progress,
+                                should_stop=should_stop)
+        except Diverged as e:
+            checkpoint()  # the trajectory up to the last finite step, which replays exactly
+            summary.update({"status": "diverged", "diverged_at_step": e.step, "best_step": history.best_step,
+                            "best_dev_accuracy": history.best_dev_accuracy, "test_accuracy": None,
+                            "mlflow_run_id": tracker.run_id})
+            write_json(out_dir / "summary.json", summary)
+            tracker.log_artifact(out_dir / "summary.json")
+            raise Diverged(f"{e}; the last finite checkpoint is {traj_path} ({history.steps_done} steps; best dev "
+                           f"step {history.best_step}: zo eval --trajectory {traj_path} --steps "
+                           f"{history.best_step} ...)", e.step) from None
         checkpoint()
 
         # 6. best step, test ----------------------------------------------------
@@ -352,21 +404,22 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
             with torch.no_grad():
                 for (_, p), b in zip(named, best_copy):
                     p.copy_(b.to(p.device))
-        test = evaluate(scorer, splits.test, cfg.eval_batch_size)
+        with autocast():
+            test = evaluate(scorer, splits.test, cfg.eval_batch_size)
         save_predictions(out_dir / PREDICTIONS_FILE, test, splits.test)
         tracker.log_metrics({"test_accuracy": test.accuracy, "test_loss": test.loss}, history.steps_done)
         summary.update({
-            "test_accuracy": test.accuracy, "test_loss": test.loss,
+            "status": "finished", "test_accuracy": test.accuracy, "test_loss": test.loss,
             "best_step": history.best_step if cfg.select == "best" else history.steps_done,
             "best_dev_accuracy": history.best_dev_accuracy, "forward_passes": history.forwards,
             "wall_time_s": round(time.perf_counter() - t_start + resumed_wall, 2),
             "train_time_s": round(history.wall_s, 2),
             "peak_memory_mb": peak_memory_mb(dev), "device": str(dev),
-            "final_dev_loss": history.evals[-1]["dev_loss"] if history.evals else math.nan,
+            "final_dev_loss": history.evals[-1]["dev_loss"] if history.evals else None,
             "mlflow_run_id": tracker.run_id,
         })
         # 7. artifacts -------------------------------------------------------------
-        _atomic_json(out_dir / "summary.json", summary)
+        write_json(out_dir / "summary.json", summary)
         plot_history(history, out_dir / "curves.png", f"{cfg.method} on {cfg.task} ({cfg.model})")
         extra = opt.method.report(opt.method_state, opt.blocks, out_dir) if method is not None else []
         for f in ["curves.png", "summary.json", "state.json", "trajectory.jsonl", PREDICTIONS_FILE, *extra]:
@@ -374,4 +427,33 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
                 tracker.log_artifact(out_dir / f)
         tracker.log_metrics({"peak_memory_mb": summary["peak_memory_mb"], "wall_time_s": summary["wall_time_s"]},
                             history.steps_done)
+        outcome.clear_reason = True  # a resumed run that finishes drops its old "interrupted" reason
         return summary
+
+
+def run_precision(cfg: FinetuneConfig) -> str:
+    """The run's precision mode: ``precision`` if given, else the one ``dtype`` names (float32 -> fp32)."""
+    from zoplatform.precision import DTYPE_NAMES
+
+    return cfg.precision or DTYPE_NAMES[cfg.dtype]
+
+
+def fo_autocast(method, precision: str, device):
+    """The first-order baseline in a mixed mode: fp32 weights and AdamW, the forward under autocast."""
+    import contextlib
+
+    from zoplatform.precision import compute_dtype, is_mixed
+
+    if method is not None or not is_mixed(precision):
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=compute_dtype(precision))
+
+
+def history_from(h: dict):
+    """A :class:`~zoplatform.loop.History` from its JSON form (null best loss = none yet)."""
+    from zoplatform.loop import History
+
+    return History(train=[tuple(x) for x in h["train"]], evals=h["evals"], best_step=h["best_step"],
+                   best_dev_accuracy=h["best_dev_accuracy"],
+                   best_dev_loss=math.inf if h["best_dev_loss"] is None else h["best_dev_loss"],
+                   forwards=h["forwards"], steps_done=h["steps_done"], wall_s=h["wall_s"])

@@ -230,9 +230,9 @@ def load_for_resume(storage: str, name: str | None, given: dict[str, Any]) -> di
 
 
 def _client(uri: str):
-    from mlflow import MlflowClient
+    from zoplatform.tracking.mlflow import open_client
 
-    return MlflowClient(tracking_uri=uri)
+    return open_client(uri)
 
 
 # =========================================================================== 3. the objective core
@@ -265,7 +265,7 @@ def _trial_tracker(**kw):
                 except Exception:  # noqa: BLE001 - no such tag
                     pass
 
-        def end(self, status="FINISHED", reason=None):
+        def end(self, status="FINISHED", reason=None, clear_reason=False):
             if self.handed_over:  # metrics past the last checkpoint are logged again by a resumed attempt
                 self._buf.clear()
                 self.stop_monitor()
@@ -275,7 +275,7 @@ def _trial_tracker(**kw):
                 status, reason = "FINISHED", self.stopped_early
             elif status == "FAILED":
                 self._buf.clear()
-            super().end(status, reason)
+            super().end(status, reason, clear_reason=clear_reason)
 
     return _TrialTracker(**kw)
 

@@ -206,7 +206,7 @@ def test_zo_eval_applies_a_trajectory_checkpoint(tmp_path):
                                    "--num-dev", "16", "--num-test", "24", "--json",
                                    "--trajectory", str(tmp_path / "r" / "trajectory.jsonl")])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output.strip().splitlines()[-1])
+    out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["steps_applied"] == 8
     assert out["accuracy"] == s["test_accuracy"] and out["loss"] == pytest.approx(s["test_loss"], abs=1e-6)
     zs = json.loads(CliRunner().invoke(cli, ["eval", "--model", "tiny:llama", "--task", "sst2", "--num-train", "48",

@@ -10,7 +10,7 @@ class Recorder:
     def __init__(self):
         self.ended = []
 
-    def end(self, status="FINISHED", reason=None):
+    def end(self, status="FINISHED", reason=None, clear_reason=False):
         self.ended.append((status, reason))
 
 

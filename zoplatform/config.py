@@ -18,9 +18,10 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
-    """Base for configs: unknown keys are errors, instances are immutable."""
+    """Base for configs: unknown keys are errors, instances are immutable, and inf/NaN
+    are never valid numbers (``lr=inf`` would diverge at step 1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def one_line(err: ValidationError, where: str) -> str:

@@ -17,3 +17,14 @@ class DataError(ZOError):
 
 class ConfigError(ZOError):
     """A config value or combination is invalid."""
+
+
+class Diverged(ZOError):
+    """Training produced a non-finite loss or gradient estimate: the run stops (FAILED, exit 1)
+    and keeps its last finite checkpoint.  ``step`` is the step (1-based) that diverged."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .errors import Diverged
 from .rng import generator, step_seed
 from .types import Example
 
@@ -95,7 +96,8 @@ class ZOStepper:
         with torch.inference_mode():
             self.opt.step(closure)
         rec = self.opt.last_record
-        out = {"train_loss": rec.losses[0], "forwards": calls * self.scorer.forward_passes_per_call}
+        out = {"train_loss": rec.losses[0], "forwards": calls * self.scorer.forward_passes_per_call,
+               "scalars": tuple(rec.losses) + tuple(rec.grad)}
         if rec.grad:
             out["projected_grad"] = rec.grad[0]
         for k, v in rec.extra.items():
@@ -122,6 +124,9 @@ class FOStepper:
         # a backward costs about two forwards; counted separately by callers
         return {"train_loss": float(loss.detach()), "forwards": self.scorer.forward_passes_per_call,
                 "backwards": 1}
+
+
+FINITE_KEYS = ("train_loss", "projected_grad")  # a step output that must be finite, else the run diverged
 
 
 @dataclass
@@ -165,6 +170,8 @@ def train(
 
     def do_eval(step: int):
         r = evaluate(scorer, dev_set, eval_batch_size)
+        if not math.isfinite(r.loss):  # a NaN model's argmax still "predicts": it must never be selected
+            raise Diverged(f"diverged at step {step}: dev loss is {r.loss}", step)
         is_best = (r.accuracy, -r.loss) > (h.best_dev_accuracy, -h.best_dev_loss)
         if is_best:
             h.best_step, h.best_dev_accuracy, h.best_dev_loss = step, r.accuracy, r.loss
@@ -178,25 +185,31 @@ def train(
     if start_step == 0 and not h.evals and dev_set:
         do_eval(0)
     bar = tqdm(total=steps, initial=start_step, disable=not progress, desc=stepper.kind, dynamic_ncols=True)
-    for step in range(start_step, steps):
-        idx = batch_indices(len(train_set), batch_size, data_seed, step)
-        out = stepper([train_set[i] for i in idx])
-        if scheduler is not None:
-            scheduler.step()
-        h.forwards += int(out["forwards"])
-        h.steps_done = step + 1
-        h.wall_s = time.perf_counter() - t0  # a checkpoint written now carries the elapsed time to resume from
-        h.train.append((step + 1, out["train_loss"]))
-        if on_step:
-            on_step(step + 1, out)
-        bar.update(1)
-        bar.set_postfix(loss=f"{out['train_loss']:.4f}", refresh=False)
-        if dev_set and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            m = do_eval(step + 1)
-            bar.set_postfix(loss=f"{out['train_loss']:.4f}", dev_acc=f"{m['dev_accuracy']:.3f}")
-        if should_stop is not None and should_stop():
-            break
-    bar.close()
+    try:
+        for step in range(start_step, steps):
+            idx = batch_indices(len(train_set), batch_size, data_seed, step)
+            out = stepper([train_set[i] for i in idx])
+            bad = {k: v for k, v in out.items() if isinstance(v, float) and k in FINITE_KEYS and not math.isfinite(v)}
+            if bad or not all(math.isfinite(x) for x in out.get("scalars", ())):
+                what = ", ".join(f"{k}={v}" for k, v in bad.items()) or f"losses/estimates {tuple(out['scalars'])}"
+                raise Diverged(f"diverged at step {step + 1}: {what}", step + 1)
+            if scheduler is not None:
+                scheduler.step()
+            h.forwards += int(out["forwards"])
+            h.steps_done = step + 1
+            h.wall_s = time.perf_counter() - t0  # a checkpoint written now carries the elapsed time to resume from
+            h.train.append((step + 1, out["train_loss"]))
+            if on_step:
+                on_step(step + 1, out)
+            bar.update(1)
+            bar.set_postfix(loss=f"{out['train_loss']:.4f}", refresh=False)
+            if dev_set and ((step + 1) % eval_every == 0 or step + 1 == steps):
+                m = do_eval(step + 1)
+                bar.set_postfix(loss=f"{out['train_loss']:.4f}", dev_acc=f"{m['dev_accuracy']:.3f}")
+            if should_stop is not None and should_stop():
+                break
+    finally:
+        bar.close()  # also on an exception, so its message starts a line of its own
     h.wall_s = time.perf_counter() - t0
     return h
 

@@ -17,7 +17,7 @@ class Tracker(Protocol):
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: dict[str, str]) -> None: ...
     def flush(self) -> None: ...
-    def end(self, status: str = "FINISHED", reason: str | None = None) -> None: ...
+    def end(self, status: str = "FINISHED", reason: str | None = None, clear_reason: bool = False) -> None: ...
 
 
 class NullTracker:
@@ -40,7 +40,7 @@ class NullTracker:
     def flush(self):
         pass
 
-    def end(self, status="FINISHED", reason=None):
+    def end(self, status="FINISHED", reason=None, clear_reason=False):
         pass
 
 
@@ -51,10 +51,11 @@ class Outcome:
 
     status: str = "FINISHED"
     reason: str | None = None
+    clear_reason: bool = False  # FINISHED: drop a reason an earlier segment left (e.g. "interrupted")
 
 
 @contextmanager
-def ending(tracker: Tracker, interrupted: str, on_interrupt: Callable[[], Any] | None = None
+def ending(tracker: Tracker, interrupted: str | Callable[[], str], on_interrupt: Callable[[], Any] | None = None
            ) -> Iterator[Outcome]:
     """End ``tracker``'s run with the outcome of the block: KILLED with ``interrupted`` (how to continue) on Ctrl-C
     or SIGTERM, FAILED with the exception on any other error, else the yielded :class:`Outcome` (FINISHED unless the
@@ -64,15 +65,17 @@ def ending(tracker: Tracker, interrupted: str, on_interrupt: Callable[[], Any] |
     try:
         yield outcome
     except KeyboardInterrupt:
-        outcome.status, outcome.reason = "KILLED", interrupted
+        outcome.status, outcome.reason = "KILLED", interrupted() if callable(interrupted) else interrupted
         if on_interrupt is not None:
             on_interrupt()
         raise
     except BaseException as e:  # any failure ends the run FAILED with the reason (then re-raised)
-        outcome.status, outcome.reason = "FAILED", f"{type(e).__name__}: {e}"
+        from ..errors import ZOError
+
+        outcome.status, outcome.reason = "FAILED", str(e) if isinstance(e, ZOError) else f"{type(e).__name__}: {e}"
         raise
     finally:
-        tracker.end(outcome.status, outcome.reason)
+        tracker.end(outcome.status, outcome.reason, clear_reason=outcome.clear_reason and outcome.reason is None)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -12,11 +12,14 @@ Store resolution: ``tracking_uri`` argument > ``MLFLOW_TRACKING_URI`` >
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from . import flatten
 
 DEFAULT_DB = "mlflow.db"
@@ -30,6 +33,63 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     if "://" not in uri:  # a bare path means a SQLite file there
         return f"sqlite:///{Path(uri).resolve()}"
     return uri
+
+
+SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> str:
+    """Fail fast, in one line, on a tracking URI that cannot work: an unknown scheme, or a server
+    that does not answer its ``/health`` within ``timeout_s`` (MLflow's own client would retry
+    for minutes and then raise a chain of tracebacks)."""
+    import urllib.error
+    import urllib.request
+
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme not in SCHEMES:
+        raise ConfigError(f"tracking URI {uri!r} has an unknown scheme {scheme!r}; allowed: "
+                          f"{', '.join(SCHEMES)} (or a path to a SQLite file)")
+    if scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+                r.read(64)
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):  # an authenticating server is reachable; the client sends credentials
+                return uri
+            raise ConfigError(f"MLflow tracking server {uri} answered /health with HTTP {e.code}; check the URI") \
+                from None
+        except (urllib.error.URLError, OSError) as e:
+            why = getattr(e, "reason", e)
+            raise ConfigError(f"MLflow tracking server {uri} is unreachable ({why}); start it (mlflow server "
+                              f"--host 127.0.0.1 --port 5000 ...) or use --tracking-uri sqlite:///mlflow.db") from None
+    return uri
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def open_client(uri: str | None = None):
+    """An ``MlflowClient`` for the resolved, checked URI.  A SQLite store's schema is created
+    (or checked) under a file lock next to the database, so runs that start at once on a fresh
+    store do not race MLflow's schema creation (``duplicate column name``)."""
+    from mlflow import MlflowClient
+
+    uri = check_tracking_uri(resolve_tracking_uri(uri))
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    db = Path(uri[len("sqlite:///"):])
+    with _file_lock(db.with_name(db.name + ".lock")):  # the client's store creates or migrates the schema
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)
+    return client
 
 
 def default_artifact_location(uri: str) -> str | None:
@@ -58,10 +118,9 @@ class MlflowTracker:
                  parent_run_id: str | None = None, run_id: str | None = None, system_metrics: bool = True,
                  flush_every: int | None = None):
         import mlflow  # noqa: F401  (lazy: only this module imports mlflow)
-        from mlflow import MlflowClient
 
         self.uri = resolve_tracking_uri(tracking_uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = open_client(self.uri)
         self.experiment = experiment
         self.run_name = run_name
         self.parent_run_id = parent_run_id
@@ -122,13 +181,15 @@ class MlflowTracker:
     def log_artifact(self, path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
+    def end(self, status: str = "FINISHED", reason: str | None = None, clear_reason: bool = False) -> None:
         if self.run_id is None:
             return
         try:
             self.flush()
             if reason:
                 self.client.set_tag(self.run_id, "zo.end_reason", reason[:5000])
+            elif clear_reason and "zo.end_reason" in self.client.get_run(self.run_id).data.tags:
+                self.client.delete_tag(self.run_id, "zo.end_reason")
         finally:
             self.stop_monitor()
             self.client.set_terminated(self.run_id, status=status)
