@@ -100,6 +100,9 @@ class Rademacher(DirectionLaw):
         n = out.numel()
         nbytes = (n + 7) // 8
         b = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, generator=g, device=out.device)
+        if n % 8 == 0 and out.is_contiguous():  # straight into the buffer, no temporary
+            torch.index_select(self._table(out.device), 0, b.int(), out=out.view(nbytes, 8))
+            return out
         signs = torch.index_select(self._table(out.device), 0, b.int())  # [nbytes, 8]
         return out.copy_(signs.view(-1)[:n])
 
