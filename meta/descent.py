@@ -28,40 +28,59 @@ batch, unbiasedly::
 
     P̂_b = ⟨g¹_b, g²_b⟩,     V̂_b = (m₁(‖g¹_b‖² − P̂_b) + m₂(‖g²_b‖² − P̂_b)) / 2
 
-so the expected one-step descent at the fine-tune lr η and batch m is::
+so the expected one-step descent at lr η and deployment batch m is D(η) = ηA − η²Q/2 with::
 
-    D(s) = η Σ_b s_b² P_b − κ η²/2 · [ (Σ_b s_b² B_b)(Σ_b s_b² F_b) + 2 Σ_b s_b⁴ B_b F_b / n_b ]
+    A(s) = Σ_b s_b² P_b                                               (first order)
+    Q(s) = (Σ_b s_b² B_b)(Σ_b s_b² F_b) + 2 Σ_b s_b⁴ B_b F_b / n_b      (second order)
     B_b = P⁺_b + V⁺_b/m,  F_b = P⁺_b + V⁺_b                      (⁺: clipped at 0)
 
-κ (``curvature_margin``, default 2) inflates the curvature: on SmolLM2-135M a
-Hutchinson estimate of tr H_bb was up to ~3× the Fisher trace on norm weights.
-n_b is the block's effective count (the trace normalisation's).  The ratio
-r = 1 + (D(s) − D(1)) / |D(1)| (= D(s)/D(1) when MeZO descends) is free of the
-loss scale and of η_u, and r = 1 exactly at σ ≡ 1.
+(n_b: the trace normalisation's effective count).  With a = A(s)/A(1) and
+q = Q(s)/Q(1), the ratio D_s(η)/D_1(η) is monotone in η, so over every lr up
+to σ ≡ 1's best lr η* = A(1)/Q(1) its worst case is at an end::
 
-Meta-objective over the meta-training tasks t (each with its running mean of
-(P̂, V̂) over the batches seen), with p_b = n_b s_b² / Σ n the block's share of
-the perturbation budget (p⁰ at σ ≡ 1)::
+    min over η ∈ (0, η*] of D_s(η)/D_1(η) = min(a, 2a − q)
 
-    J(ω) = mean_t φ(r_t) − β · KL(p ‖ p⁰)
+the **metric and objective** (lr-free, loss-scale-free, no η_u, exactly 1 at
+σ ≡ 1).  Why not D at a fixed lr: when a block's signal, noise and curvature
+all grow together (the common case: measured on SmolLM2-135M), moving the
+perturbation budget to it acts like a larger lr — a fixed-lr objective rewards
+that (and can cross the stability limit: measured, a COPA+TREC pilot gained
+×300 on its training batches and lost on held-out ones); min(a, 2a − q) only
+rewards a policy that beats σ ≡ 1 at every lr up to σ ≡ 1's best.
 
-φ = log (linearly extended below r = 0.05): a policy that helps one task by
-hurting another is penalised (the log-optimal, Kelly-like allocation).  The KL
-term (β = ``kl_weight``) keeps blocks whose statistics do not call for a change
-at MeZO's scale.  σ_b = exp(L tanh(u_b/L)), L = ln(``sigma_bound``)
-(:class:`meta.policy.ScalePolicy`), fp64, Adam on u with a linear lr warm-up and
-gradient-norm clipping, ``inner_steps`` Adam steps per meta-step (J is a
-deterministic function of the running statistics, so these are cheap).
+Meta-objective over the meta-training tasks t (running means of (P̂, V̂) over
+the batches seen), with p_b = n_b s_b² / Σ n the block's share of the
+perturbation budget (p⁰ at σ ≡ 1)::
+
+    J(ω) = mean_t φ_t − β · KL(p ‖ p⁰)
+    φ_t = log min(a_t, 2a_t − q_t)    if task t's signal is measurable (Σ_b P̂_b > 0 at t ≥ 2 over batches)
+    φ_t = −max(0, log q_t)            otherwise: its cost may not rise above σ ≡ 1's
+
+log (linearly extended below 0.05): a policy that helps one task by hurting
+another is penalised (log-optimal, Kelly-like).  Measured on SmolLM2-135M at the
+base weights with 64 examples per task, only TREC's population signal was
+measurable (COPA, BoolQ, WiC: Σ P̂ within noise), hence the second case.  The
+KL term (β = ``kl_weight``) keeps blocks whose statistics do not call for a
+change at MeZO's scale.  σ_b = exp(L tanh(u_b/L)), L = ln(``sigma_bound``)
+(:class:`meta.policy.ScalePolicy`), one u per group of blocks (``sharing``:
+block type × third of the depth by default — per-block scales fitted the
+batches' noise in held-out checks, per-type ones could not move), fp64, Adam
+with a linear lr warm-up and gradient-norm clipping, ``inner_steps`` Adam steps
+per meta-step (J is a deterministic function of the running statistics).
+The fixed-lr ratio at ``finetune_lr`` (curvature × ``curvature_margin``) and the
+best-lr ratio A²Q₁/(A₁²Q) are reported alongside, not optimised.
 
 The first-order trajectory step reuses the full-batch gradient
 (m₁g¹ + m₂g²)/m: the meta-step costs no backward pass beyond the trajectory's.
 Gradients come from ``torch.autograd.grad``: the meta-update never writes θ
 or θ.grad.
 
-Meta-validation (:class:`MetaValidation`) evaluates the same r on held-out
+Meta-validation (:class:`MetaValidation`) evaluates min(a, 2a − q) on held-out
 batches of the meta-training tasks (their dev split, never a test set) at the
-base weights, where every fine-tune starts: ``gain_over_uniform`` =
-mean_t r_t − 1, exactly 0 for σ ≡ 1.
+base weights, where every fine-tune starts: ``gain_over_uniform`` = its mean
+over the tasks with a measurable signal, minus 1 — exactly 0 for σ ≡ 1; per
+task with ``measurable``, ``first_order_gain`` (a − 1), ``cost_ratio`` (q),
+``gain_at_best_lr`` and ``gain_at_finetune_lr``.
 """
 from __future__ import annotations
 
@@ -74,6 +93,7 @@ import torch
 from zoplatform.params import Block
 
 R_LOG_FLOOR = 0.05  # φ = log r above this, linear below (C¹): a barrier against unstable policies
+MIN_SIGNAL_T = 2.0  # a task counts when its batches' total signal Σ P̂ is > 0 at this many standard errors
 
 
 @dataclass
@@ -94,6 +114,8 @@ class StatsMean:
         self.V = torch.zeros(n_blocks, dtype=torch.float64)
         self.count = 0
         self.loss = 0.0
+        self._signal = 0.0  # running mean and M2 (Welford) of the batches' total signal Σ_b P̂_b
+        self._m2 = 0.0
 
     def add(self, s: GradStats) -> None:
         self.count += 1
@@ -101,6 +123,17 @@ class StatsMean:
         self.P += w * (s.P - self.P)
         self.V += w * (s.V - self.V)
         self.loss += w * (s.loss - self.loss)
+        x = float(s.P.sum())
+        delta = x - self._signal
+        self._signal += w * delta
+        self._m2 += delta * (x - self._signal)
+
+    def signal_t(self) -> float:
+        """t-statistic of the total signal Σ_b P̂_b over the batches (inf for one batch with a positive sum)."""
+        if self.count < 2:
+            return math.inf if self._signal > 0 else -math.inf
+        se = math.sqrt(self._m2 / (self.count - 1) / self.count)
+        return self._signal / se if se > 0 else math.copysign(math.inf, self._signal)
 
 
 def half_gradients(loss_fn: Callable[[Sequence], torch.Tensor], blocks: Sequence[Block], batch: Sequence,
@@ -186,27 +219,71 @@ def allocation_kl(s2: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return (p * torch.log(s2)).sum()
 
 
+def step_moments(st: StatsMean, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(P, B, F) of a task's statistics at deployment batch ``batch``: signal, batch energy, curvature."""
+    Pp, Vp = st.P.clamp(min=0.0), st.V.clamp(min=0.0)
+    return st.P, Pp + Vp / batch, Pp + Vp
+
+
+def signal_and_cost(s2: torch.Tensor, P: torch.Tensor, B: torch.Tensor, T: torch.Tensor,
+                    counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, Q): the first-order descent per unit lr, A = Σ s²P, and the second-order cost per unit lr²,
+    Q = (Σ s²B)(Σ s²T) + 2 Σ s⁴ B T / n, so that D(η) = ηA − η²Q/2 (κ = 1)."""
+    A = (s2 * P).sum()
+    Q = (s2 * B).sum() * (s2 * T).sum() + 2.0 * (s2 * s2 * B * T / counts.double()).sum()
+    return A, Q
+
+
+def best_lr_ratio(A: torch.Tensor, Q: torch.Tensor, A1: torch.Tensor, Q1: torch.Tensor) -> torch.Tensor:
+    """r* = D*(s)/D*(1) with D* = max_η (ηA − η²Q/2) = A²/(2Q) for A > 0; signed (a policy whose
+    first-order term is negative ascends: r* < 0).  Exactly 1 when (A, Q) = (A1, Q1)."""
+    a = A / A1
+    return torch.sign(a) * a * a * (Q1 / Q)
+
+
 @dataclass(frozen=True)
 class DescentModel:
-    """The closed-form descent model's deployment assumptions."""
+    """The closed-form descent model's deployment assumptions (batch ``batch``; ``lr`` and ``margin``
+    only for the secondary fixed-lr gain)."""
 
     lr: float = 1e-5
     batch: int = 16
     margin: float = 2.0
 
     def metric_name(self) -> str:
-        return (f"expected one-step ZO descent of the population loss at lr {self.lr:g}, batch {self.batch}, "
-                f"curvature x{self.margin:g} (empirical Fisher), relative to sigma=1: mean over tasks of r - 1")
+        return (f"expected one-step ZO descent of the population loss relative to sigma=1 at the worst lr in "
+                f"(0, sigma=1's best lr], min(a, 2a - q) - 1 with a, q the first- and second-order ratios "
+                f"(closed form, batch {self.batch}, empirical-Fisher curvature): mean over tasks")
 
-    def ratios(self, s2: torch.Tensor, stats: Sequence[StatsMean], counts: torch.Tensor) -> torch.Tensor:
-        """r_t per task (a tensor, differentiable in s2)."""
+    def terms(self, s2: torch.Tensor, stats: Sequence[StatsMean], counts: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per task: ``r_star`` (best-lr ratio), ``a`` = A/A₁ (first-order gain), ``q`` = Q/Q₁
+        (second-order cost vs MeZO's), ``r_lr`` (the ratio at the fixed fine-tune lr, curvature × margin),
+        ``valid`` (A₁ > 0: the task's held-out signal is measurable)."""
         one = torch.ones_like(s2)
-        rs = []
+        out: dict[str, list] = {k: [] for k in ("robust", "r_star", "a", "q", "r_lr", "valid")}
         for st in stats:
-            d = expected_descent(s2, st.P, st.V, counts, lr=self.lr, batch=self.batch, margin=self.margin)
-            d1 = expected_descent(one, st.P, st.V, counts, lr=self.lr, batch=self.batch, margin=self.margin)
-            rs.append(descent_ratio(d, d1))
-        return torch.stack(rs)
+            P, B, T = step_moments(st, self.batch)
+            A, Q = signal_and_cost(s2, P, B, T, counts)
+            A1, Q1 = signal_and_cost(one, P, B, T, counts)
+            a, q = A / A1, Q / Q1
+            out["robust"].append(torch.minimum(a, 2.0 * a - q))
+            out["r_star"].append(best_lr_ratio(A, Q, A1, Q1))
+            out["a"].append(a)
+            out["q"].append(q)
+            d = self.lr * A - self.margin * 0.5 * self.lr ** 2 * Q
+            d1 = self.lr * A1 - self.margin * 0.5 * self.lr ** 2 * Q1
+            out["r_lr"].append(descent_ratio(d, d1))
+            out["valid"].append(torch.tensor(bool(A1 > 0) and st.signal_t() >= MIN_SIGNAL_T))
+        return {k: torch.stack(v) for k, v in out.items()}
+
+    def objective(self, s2: torch.Tensor, stats: Sequence[StatsMean], counts: torch.Tensor) -> torch.Tensor:
+        """Mean over tasks of φ(min(a, 2a − q)) where the task's signal is measurable, and of
+        −max(0, log q) where it is not: the second-order cost (from gradient energies, always measurable)
+        may not rise above MeZO's on a task whose first-order gain cannot be seen."""
+        t = self.terms(s2, stats, counts)
+        v = t["valid"]
+        phi = torch.where(v, log_floor(t["robust"]), -torch.relu(torch.log(t["q"])))
+        return phi.mean()
 
 
 class DescentStepper:
@@ -224,13 +301,13 @@ class DescentStepper:
         self.base_lr, self.inner, self.warmup, self.clip = float(lr), int(inner_steps), int(warmup_steps), grad_clip
         self.calls = 0
 
-    def objective(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(J, r per seen task, KL) at the current ω."""
+    def objective(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """(J, per-task terms, KL) at the current ω on the running statistics of the tasks seen so far."""
         seen = [s for s in self.stats if s.count]
         s2 = scales_squared(self.policy(), self.counts)
-        r = self.model.ratios(s2, seen, self.counts)
         kl = allocation_kl(s2, self.counts)
-        return log_floor(r).mean() - self.kl_weight * kl, r, kl
+        return self.model.objective(s2, seen, self.counts) - self.kl_weight * kl, \
+            self.model.terms(s2, seen, self.counts), kl
 
     def __call__(self, batch: Sequence, task: int, update: bool = True) -> tuple[list[torch.Tensor], dict]:
         stats, grads = half_gradients(self.scorer.loss, self.blocks, batch)
@@ -246,7 +323,8 @@ class DescentStepper:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.clip))
             self.opt.step()
         with torch.no_grad():
-            J, r, kl = self.objective()
+            J, terms, kl = self.objective()
+            r = terms["robust"]
             sig = self.policy().detach()
             c = float(torch.sqrt(self.counts.sum() / (self.counts * sig.double() ** 2).sum()))
         metrics = {"meta_objective": float(J), "meta_loss": -float(J), "train_gain": float(r.mean()) - 1.0,
@@ -286,9 +364,16 @@ class MetaValidation:
     def evaluate(self, sigma: torch.Tensor) -> dict:
         """``{"gain_over_uniform", "per_task": {task: r − 1}}`` for per-block σ (c applied here)."""
         s2 = scales_squared(sigma, self.counts)
-        r = self.model.ratios(s2, self.stats, self.counts)
-        per = {t: float(x) - 1.0 for t, x in zip(self.tasks, r)}
-        return {"gain_over_uniform": float(r.mean()) - 1.0, "per_task": per}
+        t = self.model.terms(s2, self.stats, self.counts)
+        r, v = t["robust"], t["valid"]
+        per = {name: float(x) - 1.0 for name, x in zip(self.tasks, r)}
+        mean = float(r[v].mean() if bool(v.any()) else r.mean()) - 1.0  # over the tasks with a measurable signal
+        return {"gain_over_uniform": mean, "per_task": per,
+                "gain_at_best_lr": {name: float(x) - 1.0 for name, x in zip(self.tasks, t["r_star"])},
+                "first_order_gain": {name: float(x) - 1.0 for name, x in zip(self.tasks, t["a"])},
+                "cost_ratio": {name: float(x) for name, x in zip(self.tasks, t["q"])},
+                "gain_at_finetune_lr": {name: float(x) - 1.0 for name, x in zip(self.tasks, t["r_lr"])},
+                "measurable": {name: bool(x) for name, x in zip(self.tasks, t["valid"])}}
 
     def block_energy(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean over tasks of (P_b, V_b) normalised per task by Σ_b P⁺_b + V⁺_b/batch: what σ should follow."""

@@ -94,7 +94,8 @@ class ScalePolicy(torch.nn.Module):
     """
 
     def __init__(self, blocks: Sequence[tuple[str, Sequence[int], bool]], *, base_model: str = "",
-                 embedding_rows: int = 120, bound: float = 10.0):
+                 embedding_rows: int = 120, bound: float = 10.0, groups: Sequence[int] | None = None,
+                 sharing: str = "block"):
         super().__init__()
         if not bound > 1.0:
             raise ValueError(f"ScalePolicy: bound must be > 1, got {bound}")
@@ -103,7 +104,13 @@ class ScalePolicy(torch.nn.Module):
         self.base_model = base_model
         self.embedding_rows = int(embedding_rows)
         self.bound = float(bound)
-        self.u = torch.nn.Parameter(torch.zeros(len(self.layout), dtype=torch.float64))
+        # blocks in one group share one parameter (e.g. every attention-v matrix); None: one per block
+        g = list(range(len(self.layout))) if groups is None else [int(x) for x in groups]
+        if len(g) != len(self.layout) or (g and min(g) < 0):
+            raise ValueError(f"ScalePolicy: groups must give a group index >= 0 per block ({len(self.layout)})")
+        self.sharing = sharing if groups is not None else "block"
+        self.register_buffer("groups", torch.tensor(g, dtype=torch.long), persistent=False)
+        self.u = torch.nn.Parameter(torch.zeros(max(g, default=-1) + 1, dtype=torch.float64))
 
     @property
     def log_bound(self) -> float:
@@ -111,7 +118,7 @@ class ScalePolicy(torch.nn.Module):
 
     def log_sigma(self) -> torch.Tensor:
         lb = self.log_bound
-        return lb * torch.tanh(self.u / lb)
+        return (lb * torch.tanh(self.u / lb))[self.groups]
 
     def forward(self, x: torch.Tensor | None = None) -> torch.Tensor:
         return torch.exp(self.log_sigma())
@@ -122,15 +129,21 @@ class ScalePolicy(torch.nn.Module):
 
     @torch.no_grad()
     def set_sigma(self, sigma: torch.Tensor) -> None:
-        """u from σ (clipped just inside the bound, where tanh is invertible)."""
+        """u from per-block σ (clipped just inside the bound, where tanh is invertible); with shared
+        groups, a group takes its first block's σ."""
         lb = self.log_bound
         r = (torch.log(sigma.double()) / lb).clamp(-1 + 1e-12, 1 - 1e-12)
-        self.u.copy_(lb * torch.atanh(r))
+        u = lb * torch.atanh(r)
+        first = {}
+        for i, gi in enumerate(self.groups.tolist()):
+            first.setdefault(gi, i)
+        self.u.copy_(u[torch.tensor([first[k] for k in range(self.u.numel())], dtype=torch.long)])
 
     def schema(self, meta: Mapping | None = None) -> dict:
         sch = make_schema(self.layout, base_model=self.base_model, embedding_rows=self.embedding_rows,
                           meta=meta, kind=KIND_SCALE)
         sch["network"]["bound"] = self.bound
+        sch["network"]["sharing"] = self.sharing  # how meta-training tied the scales (the file holds one per block)
         return sch
 
     def save(self, directory: str | Path, meta: Mapping | None = None) -> Path:

@@ -57,6 +57,32 @@ def block_layer(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+SHARING = ("type_depth", "type", "block")
+
+
+def sharing_groups(names: Sequence[str], mode: str) -> list[int] | None:
+    """Group index per block for a :class:`meta.policy.ScalePolicy`: ``block`` (None: one scale per block),
+    ``type`` (one per block type), ``type_depth`` (one per block type and third of the layer stack).
+    Blocks of type ``other`` are never tied (nothing says they are alike)."""
+    if mode == "block":
+        return None
+    if mode not in SHARING:
+        raise ValueError(f"sharing {mode!r} is unknown; choose one of {', '.join(SHARING)}")
+    layers = [block_layer(n) for n in names]
+    depth = max([x for x in layers if x is not None], default=0) + 1
+    keys = []
+    for i, (n, layer) in enumerate(zip(names, layers)):
+        t = block_type(n)
+        if t == "other":
+            keys.append(("other", i))
+        elif mode == "type" or layer is None:
+            keys.append((t, -1))
+        else:
+            keys.append((t, min(2, 3 * layer // depth)))
+    index = {k: j for j, k in enumerate(dict.fromkeys(keys))}
+    return [index[k] for k in keys]
+
+
 @torch.no_grad()
 def effective_scales(policy, blocks: Sequence[Block], counts: torch.Tensor, loss: float = 0.0) -> torch.Tensor:
     """c·σ_b [B] (fp64) a deployment at ``blocks``' weights uses (see ``policy_sigma_at``)."""

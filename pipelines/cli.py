@@ -352,6 +352,8 @@ class OneLineUsageErrors(click.Command):
 @click.option("--sigma-bound", type=float, help="descent: sigma_b within [1/bound, bound] (10)")
 @click.option("--policy-lr", type=float, help="descent: Adam lr of the log-scales (0.05)")
 @click.option("--inner-steps", type=int, help="descent: Adam steps per meta-step (5)")
+@click.option("--sharing", type=click.Choice(["type_depth", "type", "block"]),
+              help="descent: one scale per block type and depth third (default), per type, or per block")
 @click.option("--select", help="best (default: the epoch with the best meta-val gain) or last")
 @click.option("--max-length", type=int)
 @click.option("--device", type=str)

@@ -395,16 +395,18 @@ class _Ex:
 
 
 class _Blocks(torch.nn.Module):
-    """Logistic regression on K feature groups; group b's inputs are scaled by scales[b], so block b's
-    gradient scales with it (the teacher gives every group the same share of the logit)."""
+    """Logistic regression on K equal feature groups (one weight block each, started at 0).  The teacher
+    weights group b by scales[b], so block b's population gradient scales with it while its curvature and
+    per-example noise do not: the blocks differ in where the gradient *signal* is, not only in scale (a
+    block whose gradient, noise and curvature all grow together is equivalent to a larger lr, which the
+    descent profile's lr-robust objective deliberately does not reward)."""
 
-    def __init__(self, scales, dim):
+    def __init__(self, k, dim):
         super().__init__()
-        self.w = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(dim)) for _ in scales])
-        self.register_buffer("scales", torch.tensor(scales))
+        self.w = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(dim)) for _ in range(k)])
 
     def forward(self, x):
-        return sum((x[:, b] * self.scales[b]) @ w for b, w in enumerate(self.w))
+        return sum(x[:, b] @ w for b, w in enumerate(self.w))
 
 
 class _Scorer:
@@ -423,7 +425,7 @@ def _synthetic(n, seed, scales, dim):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, len(scales), dim, generator=g)
     teacher = torch.randn(len(scales), dim, generator=torch.Generator().manual_seed(99))
-    logit = sum(x[:, b] @ teacher[b] for b in range(len(scales)))
+    logit = sum(scales[b] * (x[:, b] @ teacher[b]) for b in range(len(scales)))
     y = (logit + 0.5 * torch.randn(n, generator=g) > 0).long()
     return [_Ex(x[i], int(y[i])) for i in range(n)]
 
@@ -431,22 +433,22 @@ def _synthetic(n, seed, scales, dim):
 def test_descent_puts_sigma_where_the_gradient_is_and_paper_stays_at_init():
     dim, perm = 16, [3, 0, 6, 1, 7, 4, 2, 5]
     scales = [2 ** (0.5 * b) for b in perm]  # blocks differ in gradient scale, not in model order
-    train, dev = _synthetic(512, 0, scales, dim), _synthetic(128, 1, scales, dim)
+    train, dev = _synthetic(4096, 0, scales, dim), _synthetic(512, 1, scales, dim)
     out = {}
     for profile in ("descent", "paper"):
-        net = _Blocks(scales, dim)
+        net = _Blocks(len(scales), dim)
         scorer = _Scorer(net)
         grads = torch.autograd.grad(scorer.loss(train), list(net.parameters()))
         energy = [float((gr ** 2).sum()) / gr.numel() for gr in grads]  # ‖∇_b L‖² / n_b at the base weights
-        cfg = MetaTrainConfig(tasks=["syn"], profile=profile, epochs=3, restart=1, steps_per_epoch=10,
-                              batch_size=32, lr_llm=0.05)
+        cfg = MetaTrainConfig(tasks=["syn"], profile=profile, epochs=3, restart=1, steps_per_epoch=20,
+                              batch_size=128, lr_llm=0.05)
         out[profile] = (meta_train(net, scorer, {"syn": train}, cfg, dev_sets={"syn": dev}), energy)
     res, energy = out["descent"]
     sigma = res.policy.weights()["sigma"].tolist()
-    assert spearman(sigma, energy) >= 0.8, (sigma, energy)  # measured 0.88
-    assert res.policy_change > 0.1 and res.meta_val[res.best_epoch]["gain_over_uniform"] > 0.5  # measured 0.39, 1.73
+    assert spearman(sigma, energy) >= 0.8, (sigma, energy)  # measured 0.98
+    assert res.policy_change > 0.1 and res.meta_val[res.best_epoch]["gain_over_uniform"] > 0.3  # measured 0.33, 0.74
     paper, _ = out["paper"]
-    assert paper.policy_change < 1e-3, paper.policy_change  # measured 1.2e-4: η_u = 1e-6 (§5.4)
+    assert paper.policy_change < 1e-3, paper.policy_change  # measured 4e-7: η_u = 1e-6 (§5.4)
     assert len(paper.meta_val) == 4 and paper.best_epoch in (1, 2, 3)
 
 
