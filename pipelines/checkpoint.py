@@ -34,7 +34,7 @@ IDENTITY = ("model", "task", "method", "lr", "eps", "weight_decay", "schedule", 
             "policy", "batch_size", "seed", "num_train", "num_dev", "num_test", "max_length", "data_dir",
             "protocol", "head_init", "lora", "lora_r", "lora_alpha", "device", "dtype", "precision")
 # Options that only say how to resume (always allowed to differ).
-HOW = ("resume", "out_dir", "progress", "tracking", "threads")
+HOW = ("resume", "out_dir", "progress", "tracking", "threads", "workers")
 
 
 class OutDirLock:

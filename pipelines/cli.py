@@ -75,6 +75,7 @@ def finetune_options(f):
         click.option("--precision", type=str, help="fp32 (default) | bf16-mixed (bf16 forward, fp32 master weights) "
                                                    "| fp16-mixed | bf16-true | fp16-true"),
         click.option("--threads", type=int, help="CPU threads for the forward and the direction generation"),
+        click.option("--workers", type=int, help="data-parallel ZO over N local worker processes (torchrun)"),
         click.option("--select", type=str, help="best (dev) or last step for the test evaluation"),
         click.option("--zero-shot/--no-zero-shot", default=None, help="evaluate the base model on test first (default on)"),
         click.option("--tracking-uri", type=str), click.option("--experiment", type=str),
@@ -114,7 +115,13 @@ def finetune(config_file, as_json, method_option, **opts):
     if method_option:
         opts["method_options"] = parse_kv(method_option)
     cfg = load_config(config_file, opts)
+    from pipelines.launch import launch, under_launcher
+
+    if cfg.workers > 1 and not under_launcher():  # validated above; now N workers through torchrun
+        sys.exit(launch(sys.argv[1:], cfg.workers, cfg.threads, cfg.out_dir))
     summary = run(cfg)
+    if under_launcher() and os.environ.get("RANK") != "0":
+        return  # one worker reports
     if as_json:
         emit_json(summary)
     else:

@@ -11,6 +11,7 @@ exactly where the run stopped, in the same MLflow run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -68,6 +69,7 @@ class FinetuneConfig(StrictModel):
         None, description="fp32 | bf16-mixed (bf16 forward, fp32 master weights: no update lost) | fp16-mixed | "
                           "bf16-true | fp16-true; default: the one dtype names")
     threads: int | None = Field(None, ge=1, le=1024, description="CPU threads (torch and direction generation)")
+    workers: int = Field(1, ge=1, le=256, description="data-parallel ZO workers (torchrun); losses all-reduced")
     select: Literal["best", "last"] = "best"
     zero_shot: bool = True
     tracking: bool = True
@@ -88,6 +90,10 @@ class FinetuneConfig(StrictModel):
         if self.precision is not None and self.dtype != "float32":
             raise ValueError(f"give precision or dtype, not both (dtype={self.dtype!r} means "
                              f"precision={ {'bfloat16': 'bf16-true', 'float16': 'fp16-true'}[self.dtype]!r})")
+        if self.workers > 1 and self.method in FO_METHODS:
+            raise ValueError("workers > 1 is data-parallel ZO (scalars on the wire); 'fo' runs in one process")
+        if self.workers > 1 and self.batch_size < self.workers:
+            raise ValueError(f"batch_size={self.batch_size} must be >= workers={self.workers} (one shard each)")
         if self.head_init == "probe" and self.protocol == "prompt":
             raise ValueError("head_init='probe' needs the head protocol (a classifier to fit), not 'prompt'")
         return self
@@ -221,7 +227,16 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
         from zoplatform.tracking.mlflow import check_tracking_uri, resolve_tracking_uri
 
         check_tracking_uri(resolve_tracking_uri(cfg.tracking_uri))
-    with OutDirLock(out_dir):  # held for the run's life: a second run on this out dir is refused
+    from zoplatform.distributed import World, init_from_env
+
+    w = init_from_env(cfg.device) if cfg.workers > 1 else World()
+    if w.size != cfg.workers:
+        raise ConfigError(f"workers={cfg.workers} but this is a world of {w.size} process(es): start it with "
+                          f"zo finetune --workers {cfg.workers} (which launches torchrun)")
+    if not w.is_main:  # one worker reports and writes; the others compute
+        cfg = cfg.model_copy(update={"progress": False})
+    # held for the run's life by the main worker: a second run on this out dir is refused
+    with OutDirLock(out_dir) if w.is_main else contextlib.nullcontext():
         saved = read_state(out_dir)
         if not cfg.resume and saved is not None and not (out_dir / "summary.json").is_file():
             done = saved.get("history", {}).get("steps_done", "?")
@@ -229,8 +244,14 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
                               f"with --resume, or choose another --out-dir (a new run would overwrite it)")
         if cfg.resume and method is None:
             raise ConfigError("resume is supported for ZO methods (their trajectory is the checkpoint), not for 'fo'")
-        return _run(cfg, requested, task, method, splits, out_dir, saved if cfg.resume else None, tracker, on_eval,
-                    should_stop, t_start)
+        try:
+            return _run(cfg, requested, task, method, splits, out_dir, saved if cfg.resume else None, tracker,
+                        on_eval, should_stop, t_start, w)
+        finally:
+            if w.size > 1:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
 
 
 def sample_data(cfg: FinetuneConfig, data_dir):
@@ -246,7 +267,7 @@ def sample_data(cfg: FinetuneConfig, data_dir):
     return splits
 
 
-def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval, should_stop, t_start):
+def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval, should_stop, t_start, w):
     import zoplatform
     from zoplatform.loop import FOStepper, History, ZOStepper, evaluate, lr_lambda, peak_memory_mb, \
         reset_peak_memory, train
@@ -264,7 +285,7 @@ def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval,
     traj_path = out_dir / TRAJECTORY_FILE
     # 2. tracking ----------------------------------------------------------
     if tracker is None:
-        tracker = NullTracker() if not cfg.tracking else mlflow_tracker(
+        tracker = NullTracker() if not (cfg.tracking and w.is_main) else mlflow_tracker(
             tracking_uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.run_name or out_dir.name,
             parent_run_id=cfg.parent_run_id, run_id=(saved or {}).get("run_id"))
     params = cfg.model_dump(exclude={"progress", "tracking", "resume"})
@@ -281,6 +302,8 @@ def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval,
         summary["zero_shot_test_accuracy"] = saved["zero_shot_test_accuracy"]
 
     def checkpoint():
+        if not w.is_main:
+            return
         traj = None
         if opt is not None and method is not None:
             opt.trajectory.info.update({"model": cfg.model, "task": cfg.task})
@@ -309,6 +332,10 @@ def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval,
         scorer = make_scorer(model, tok, protocol=protocol, max_length=cfg.max_length)
         dev = next(model.parameters()).device
         reset_peak_memory(dev)
+        if cfg.workers > 1:  # each worker scores its shard; losses and scores are reduced (zoplatform.distributed)
+            from zoplatform.distributed import ShardedScorer
+
+            scorer = ShardedScorer(scorer, w, dev)
         if cfg.head_init == "probe":  # deterministic: a resumed run refits the same head, then replays
             from zoplatform.probe import fit_linear_probe
 
@@ -392,8 +419,9 @@ def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval,
             summary.update({"status": "diverged", "diverged_at_step": e.step, "best_step": history.best_step,
                             "best_dev_accuracy": history.best_dev_accuracy, "test_accuracy": None,
                             "mlflow_run_id": tracker.run_id})
-            write_json(out_dir / "summary.json", summary)
-            tracker.log_artifact(out_dir / "summary.json")
+            if w.is_main:
+                write_json(out_dir / "summary.json", summary)
+                tracker.log_artifact(out_dir / "summary.json")
             raise Diverged(f"{e}; the last finite checkpoint is {traj_path} ({history.steps_done} steps; best dev "
                            f"step {history.best_step}: zo eval --trajectory {traj_path} --steps "
                            f"{history.best_step} ...)", e.step) from None
@@ -406,7 +434,8 @@ def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval,
                     p.copy_(b.to(p.device))
         with autocast():
             test = evaluate(scorer, splits.test, cfg.eval_batch_size)
-        save_predictions(out_dir / PREDICTIONS_FILE, test, splits.test)
+        if w.is_main:
+            save_predictions(out_dir / PREDICTIONS_FILE, test, splits.test)
         tracker.log_metrics({"test_accuracy": test.accuracy, "test_loss": test.loss}, history.steps_done)
         summary.update({
             "status": "finished", "test_accuracy": test.accuracy, "test_loss": test.loss,
@@ -419,6 +448,11 @@ def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval,
             "mlflow_run_id": tracker.run_id,
         })
         # 7. artifacts -------------------------------------------------------------
+        if cfg.workers > 1:  # the replicas must have stayed bit-identical: compare their weight hashes
+            summary["workers"] = w.size
+            summary["replica_sha256"] = replica_hashes(named)
+        if not w.is_main:
+            return summary
         write_json(out_dir / "summary.json", summary)
         plot_history(history, out_dir / "curves.png", f"{cfg.method} on {cfg.task} ({cfg.model})")
         extra = opt.method.report(opt.method_state, opt.blocks, out_dir) if method is not None else []
@@ -429,6 +463,20 @@ def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval,
                             history.steps_done)
         outcome.clear_reason = True  # a resumed run that finishes drops its old "interrupted" reason
         return summary
+
+
+def replica_hashes(named) -> list[str]:
+    """sha256 of this worker's trainable weights, gathered from every worker (rank order)."""
+    import hashlib
+
+    import torch.distributed as dist
+
+    h = hashlib.sha256()
+    for _, p in named:
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, h.hexdigest())
+    return out
 
 
 def run_precision(cfg: FinetuneConfig) -> str:

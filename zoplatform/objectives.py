@@ -247,9 +247,19 @@ class PromptScorer(_BaseScorer):
             out.logits = out.logits[:, -keep:]
         return out
 
-    def scores(self, examples: Sequence[Example]) -> torch.Tensor:
+    def pad_lengths(self, examples: Sequence[Example]) -> tuple[int, int, int]:
+        """(prompt length, continuation length, forward passes) that :meth:`scores` pads
+        ``examples`` to.  Scoring a sub-batch padded to the full batch's lengths gives every
+        example bit-identical scores (row results do not depend on the batch size, only on the
+        padded shape): what data-parallel shards rely on (:mod:`zoplatform.distributed`)."""
+        toks = self.encoder.encode(examples)
+        lc = max((len(o) - 1 for t in toks for o in t.options), default=0)
+        return max(len(t.context) for t in toks), lc, 2 if lc > 0 else 1
+
+    def scores(self, examples: Sequence[Example], pad_to: tuple[int, int] | None = None) -> torch.Tensor:
         """``[B, C_max]`` fp32 mean option log-probs; ``-inf`` where an example
-        has fewer than ``C_max`` candidates."""
+        has fewer than ``C_max`` candidates.  ``pad_to``: minimum (prompt, continuation)
+        padded lengths (see :meth:`pad_lengths`)."""
         self._check_batch(examples)
         toks = self.encoder.encode(examples)
         device = _device(self._lm)
@@ -258,7 +268,7 @@ class PromptScorer(_BaseScorer):
 
         # ---- pass 1: prompts, left-padded; logits at the last position only
         ctx_len = [len(t.context) for t in toks]
-        Lp = max(ctx_len)
+        Lp = max(max(ctx_len), pad_to[0] if pad_to else 0)
         ids = torch.full((B, Lp), self.pad_id, dtype=torch.long)
         mask = torch.zeros((B, Lp), dtype=torch.long)
         for b, t in enumerate(toks):
@@ -284,7 +294,7 @@ class PromptScorer(_BaseScorer):
         # ---- pass 2: tokens 1.. of multi-token candidates on the prompt cache
         if multi:
             R = len(multi)
-            Lc = max(len(toks[b].options[c]) - 1 for b, c in multi)
+            Lc = max(max(len(toks[b].options[c]) - 1 for b, c in multi), pad_to[1] if pad_to else 0)
             cand = torch.full((R, Lc), self.pad_id, dtype=torch.long)
             target = torch.zeros((R, Lc), dtype=torch.long)
             cmask = torch.zeros((R, Lc), dtype=torch.long)
