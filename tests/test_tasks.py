@@ -6,9 +6,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from zoplatform.data import HUB, TASKS, Task, get_task, load_split, loading, resolve_data_dir, sample_splits
+from zoplatform.data.tasks import holdout_rows
 from zoplatform.errors import ConfigError, DataError, ZOError
 
 
@@ -45,7 +47,8 @@ def _jsonl(*rows) -> str:
 # --- registry ------------------------------------------------------------------------
 
 def test_registry_names_and_shape():
-    assert set(TASKS) == {"sst2", "rte", "cb", "boolq", "wic", "wsc", "copa", "multirc", "sst5", "trec"}
+    assert set(TASKS) == {"sst2", "rte", "cb", "boolq", "wic", "wsc", "copa", "multirc", "sst5", "trec",
+                          "mr", "cr", "subj", "mpqa"}
     want_labels = {"cb": 3, "sst5": 5, "trec": 6}
     for name, task in TASKS.items():
         assert task.name == name and set(task.files) == {"train", "validation"}
@@ -60,7 +63,7 @@ def test_registry_names_and_shape():
 def test_get_task():
     assert get_task("rte") is TASKS["rte"] and get_task("SST2") is TASKS["sst2"]
     assert get_task(TASKS["cb"]) is TASKS["cb"]
-    with pytest.raises(ZOError, match=r"unknown task 'foo'; choose one of: boolq, cb, copa, multirc, rte, sst2"):
+    with pytest.raises(ZOError, match=r"unknown task 'foo'; choose one of: boolq, cb, copa, cr, mpqa, mr, multirc, rte, sst2"):
         get_task("foo")
 
 
@@ -82,7 +85,7 @@ TRAIN_LABELS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", sorted(SIZES))
 def test_every_task_loads_both_splits(data_dir, name):
     task = TASKS[name]
     for split, size in zip(("train", "validation"), SIZES[name]):
@@ -258,6 +261,133 @@ def test_boolq_carved_from_validation(data_dir):
     assert _uids(sample_splits("boolq", data_dir).train) == _uids(s.train)
     with pytest.raises(DataError, match="3270 validation examples"):
         sample_splits("boolq", data_dir, num_train=2000, num_dev=500, num_test=1000)
+
+
+# --- single-pool tasks: MR, CR, SUBJ, MPQA (one file, a fixed held-out test pool) ----------
+
+# file, rows, held-out rows, label counts of the file (SOURCES.md), of the test pool (stratified:
+# held * n_c / n, rounded), first row of the test pool (pinned: a change re-draws every test set)
+POOLS = {
+    "mr": ("mr/rt-polarity.all", 10662, 2000, {" terrible": 5331, " great": 5331},
+           {" terrible": 1000, " great": 1000}, 8266),
+    "cr": ("cr/custrev.all", 3775, 1000, {" terrible": 1368, " great": 2407},
+           {" terrible": 362, " great": 638}, 931),  # 1000 * 1368 / 3775 = 362.4
+    "subj": ("subj/subj.all", 10000, 2000, {" subjective": 5000, " objective": 5000},
+             {" subjective": 1000, " objective": 1000}, 4700),
+    "mpqa": ("mpqa/mpqa.all", 10606, 2000, {" terrible": 7294, " great": 3312},
+             {" terrible": 1375, " great": 625}, 189),  # 2000 * 7294 / 10606 = 1375.4
+}
+
+
+def _file_rows(xs, name, pool):
+    prefix = f"{name}:{pool}:"
+    assert all(e.uid.startswith(prefix) for e in xs)
+    return [int(e.uid.removeprefix(prefix)) for e in xs]
+
+
+def _words(xs):
+    return Counter(e.candidates[e.label] for e in xs)
+
+
+@pytest.mark.parametrize("name", sorted(POOLS))
+def test_single_pool_split(data_dir, name):
+    rel, rows, held, labels, test_labels, _ = POOLS[name]
+    task = TASKS[name]
+    assert task.files == {"train": rel, "validation": rel} and task.holdout == held
+    train, test = load_split(name, "train", data_dir), load_split(name, "validation", data_dir)
+    assert (len(train), len(test)) == (rows - held, held)
+    tr, te = _file_rows(train, name, "train"), _file_rows(test, name, "test")
+    assert sorted(tr + te) == list(range(rows)) and tr == sorted(tr)  # each file row once; train in file order
+    assert _words(train + test) == labels and _words(test) == test_labels
+    assert not {e.text for e in train} & {e.text for e in test}  # MPQA repeats phrases: all copies on one side
+    # the uid's row is the file row: text and label match the raw line
+    raw = (data_dir / rel).read_bytes().decode(task.encoding).split("\n")
+    for row, e in zip(tr + te, train + test):
+        label, _, text = raw[row].partition(" ")
+        assert (e.text, e.label, e.text_pair) == (text.strip(), int(label), None)
+        assert e.candidates == tuple(labels)
+
+
+@pytest.mark.parametrize("name", sorted(POOLS))
+def test_single_pool_sampling(data_dir, name):
+    from pipelines.finetune import split_sizes
+
+    assert split_sizes(name, data_dir, 1000, None) == (1000, 500)  # zo finetune's defaults fit the train pool
+    a, b = sample_splits(name, data_dir, seed=0), sample_splits(name, data_dir, seed=1)
+    pool, test_pool = load_split(name, "train", data_dir), load_split(name, "validation", data_dir)
+    assert (len(a.train), len(a.dev), len(a.test)) == (1000, 500, 1000) and a.note == ""
+    # test: the first 1000 of the fixed test pool, whatever the seed
+    assert _uids(a.test) == _uids(b.test) == _uids(test_pool)[:1000]
+    assert _file_rows(test_pool, name, "test")[0] == POOLS[name][5]
+    # train/dev: MeZO's seeded permutation of the train pool, as for every task
+    for seed, s in ((0, a), (1, b)):
+        perm = np.random.RandomState(seed).permutation(len(pool))
+        assert _uids(s.train + s.dev) == [pool[i].uid for i in perm[:1500]]
+        assert not set(_uids(s.train + s.dev)) & set(_uids(test_pool))
+    assert _uids(a.train) != _uids(b.train)
+    c = sample_splits(name, data_dir, num_test=5000)
+    assert _uids(c.test) == _uids(test_pool) and f"all {POOLS[name][2]} held-out test examples" in c.note
+    msg = f"exceeds the {len(pool)} examples of its train pool ({POOLS[name][0]} less its {POOLS[name][2]} held-out"
+    with pytest.raises(DataError, match=re.escape(msg)):
+        sample_splits(name, data_dir, num_train=len(pool), num_dev=1)
+
+
+def test_single_pool_prompts(data_dir):
+    def by_row(name):
+        ex = load_split(name, "train", data_dir) + load_split(name, "validation", data_dir)
+        return {int(e.uid.rsplit(":", 1)[1]): e for e in ex}
+
+    mr = by_row("mr")[0]
+    assert (mr.prompt, mr.candidates, mr.label) == ("simplistic , silly and tedious . It was", (" terrible", " great"), 0)
+    assert mr.text == "simplistic , silly and tedious ."
+    subj = by_row("subj")
+    assert subj[0].prompt == "smart and alert , thirteen conversations about one thing is a small gem . This is"
+    assert subj[0].candidates == (" subjective", " objective") and subj[0].label == 0  # a review's opinion
+    assert subj[9999].prompt.startswith("looking for a short cut to fame , glass concocted sources")
+    assert subj[9999].label == 1  # a plot summary: objective
+    cr = by_row("cr")
+    assert cr[0].prompt.startswith("weaknesses are minor : the feel and layout") and cr[0].prompt.endswith(" It was")
+    assert cr[0].label == 0
+    assert (cr[3774].prompt, cr[3774].text, cr[3774].label) == ("It was", "", 1)  # the file's line is "1 "
+    mpqa = by_row("mpqa")[0]
+    assert (mpqa.prompt, mpqa.candidates[mpqa.label]) == ("complaining It was", " terrible")
+
+
+def test_mr_subj_decode_windows_1252(data_dir, tmp_data):
+    raw = (data_dir / "mr/rt-polarity.all").read_bytes().split(b"\n")
+    ex = {int(e.uid.rsplit(":", 1)[1]): e
+          for e in load_split("mr", "train", data_dir) + load_split("mr", "validation", data_dir)}
+    maudlin = next(i for i, line in enumerate(raw) if line.startswith(b"0 \x85the maudlin way"))
+    assert ex[maudlin].text.startswith("\u2026the maudlin way its story")  # 0x85 is "...", not latin-1's C1 NEL
+    accent = next(i for i, line in enumerate(raw) if b"\xe9" in line)  # a latin-1 letter: the same in cp1252
+    assert "\u00e9" in ex[accent].text and ex[accent].text == raw[accent][2:].decode("latin-1").strip()
+    subj = "".join(e.text for e in load_split("subj", "train", data_dir) + load_split("subj", "validation", data_dir))
+    assert "\u2013" in subj and not any("\x80" <= ch <= "\x9f" for ch in subj)  # 0x96 = en dash; no C1 controls
+    # a small file: the rule needs more rows than it holds out
+    _write(tmp_data, "mr/rt-polarity.all", b"1 caf\xe9 \x96 fine\n0 bad\n0 worse\n")
+    with pytest.raises(DataError, match=r"mr/rt-polarity\.all: 3 rows, too few to hold out 2000 test rows"):
+        load_split("mr", "train", tmp_data)
+    task = Task(**{**TASKS["mr"].__dict__, "holdout": 1})
+    texts = sorted(e.text for e in load_split(task, "train", tmp_data) + load_split(task, "validation", tmp_data))
+    assert texts == ["bad", "caf\u00e9 \u2013 fine", "worse"]
+
+
+def test_holdout_rule_depends_on_contents_only():
+    texts = [f"s{i}" for i in range(40)] + ["dup"] * 5 + ["mixed"] * 2
+    labels = [int(i % 4 == 0) for i in range(40)] + [0] * 5 + [0, 1]  # 36 zeros, 11 ones
+    train, test = holdout_rows(texts, labels, 10, "t")
+    assert len(test) == 10 and sorted(train + test) == list(range(47)) and train == sorted(train)
+    assert Counter(labels[i] for i in test) == {0: 8, 1: 2}  # quotas 10 * 36/47 = 7.66 -> 8, 2.34 -> 2
+    for t in ("dup", "mixed"):  # copies of a text stay together
+        assert len({i in test for i, x in enumerate(texts) if x == t}) == 1
+    # the same test pool (texts, labels and order) from any row order of the file
+    perm = np.random.RandomState(5).permutation(47)
+    _, test2 = holdout_rows([texts[i] for i in perm], [labels[i] for i in perm], 10, "t")
+    assert [texts[perm[i]] for i in test2] == [texts[i] for i in test]
+    assert Counter((texts[perm[i]], labels[perm[i]]) for i in test2) == Counter((texts[i], labels[i]) for i in test)
+    assert set(holdout_rows(texts, labels, 10, "other salt")[1]) != set(test)
+    with pytest.raises(DataError, match="cannot hold out 2 test rows from 5 rows"):
+        holdout_rows(["a"] * 5, [0] * 5, 2, "t")  # one group of 5 never fits in 2
 
 
 # --- malformed data --------------------------------------------------------------------

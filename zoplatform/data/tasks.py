@@ -20,10 +20,23 @@ Every :class:`Example` also carries head-protocol fields (``text``,
 ``text_pair``; LOREN-style ``*ForSequenceClassification``) and a ``uid``
 ``task:split:row`` (0-based data row; ``row.k`` for the k-th example of a row
 that expands to several, e.g. MultiRC answers).
+
+Single-pool tasks (MR, CR, SUBJ, MPQA: one labelled file, no official split;
+``Task.holdout`` > 0): the file is split once into a *train* pool and a
+held-out *test* pool by :func:`holdout_rows`, a fixed, label-stratified rule
+of the rows' contents only -- never the run seed, the file's row order or numpy.
+``load_split(task, "train")`` is the train pool (file order) and
+``load_split(task, "validation")`` the test pool (in the rule's fixed order);
+uids are ``task:train:row`` / ``task:test:row`` with ``row`` the 0-based file
+row.  ``sample_splits`` draws train/dev from the train pool by seed as for
+every task, and test = the first ``num_test`` rows of the test pool, so the
+test set is the same for every seed and method (paired statistics).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +81,7 @@ class Task:
     encoding: str = "utf-8"
     records: Callable[[Row], list[Row]] | None = None
     train_optional: bool = False  # train file may be absent: sample_splits carves from validation
+    holdout: int = 0  # > 0: one file (files["train"] == files["validation"]); rows held out as test (holdout_rows)
 
     @property
     def num_labels(self) -> int:
@@ -134,6 +148,16 @@ def _copa_prompt(r: Row) -> str:
     premise = r["premise"].rstrip()
     premise = premise.removesuffix(".")
     return premise + _pick(r, "question", {"effect": " so ", "cause": " because "})
+
+
+def _then(suffix: str) -> Callable[[Row], str]:
+    """``{sentence} {suffix}`` (LM-BFF's ``*sent_0*_It_was*mask*``); an empty sentence (CR and MPQA
+    have a few) gives just the suffix."""
+    return lambda r: f"{r['text'].strip()} {suffix}".lstrip()
+
+
+def _pool(path: str) -> dict[str, str]:
+    return {"train": path, "validation": path}
 
 
 def _copa_choice(choice: str) -> str:
@@ -212,6 +236,26 @@ _ENTRIES = (
          prompt=lambda r: f"{r['text'].strip()} The answer is about",
          candidates=(" Description", " Entity", " Expression", " Human", " Location", " Number"),
          labels={str(i): i for i in range(6)}, text=lambda r: r["text"].strip(), encoding="latin-1"),
+    # MR, CR, SUBJ, MPQA: LM-BFF's templates and label words (Gao et al., 2021, Table 1 and its
+    # run_experiment.sh: "*sent_0*_It_was*mask*", "*sent_0*_This_is*mask*") in MeZO's causal form of
+    # SST-2's prompt (the word continues the prompt; no final "." is scored).  One labelled file
+    # each, no official split: ``holdout`` rows are held out as the test pool (2,000; CR 1,000 of
+    # its 3,775 rows, leaving 2,775 for MeZO's 1,000 + 500 train/dev).
+    # MR and SUBJ are Windows-1252, not latin-1: their 0x85/0x91/0x96/0x97 bytes are the
+    # punctuation "…", "‘", "–", "—" (latin-1 would make them C1 control characters); every
+    # other byte decodes as in latin-1.  CR and MPQA are ASCII.
+    Task("mr", _pool("mr/rt-polarity.all"), "lines", ("text", "label"),  # 0 = negative, 1 = positive
+         prompt=_then("It was"), candidates=(" terrible", " great"), labels={"0": 0, "1": 1},
+         text=lambda r: r["text"].strip(), encoding="cp1252", holdout=2000),
+    Task("cr", _pool("cr/custrev.all"), "lines", ("text", "label"),  # 0 = negative, 1 = positive
+         prompt=_then("It was"), candidates=(" terrible", " great"), labels={"0": 0, "1": 1},
+         text=lambda r: r["text"].strip(), holdout=1000),
+    Task("subj", _pool("subj/subj.all"), "lines", ("text", "label"),  # 0 = subjective, 1 = objective
+         prompt=_then("This is"), candidates=(" subjective", " objective"), labels={"0": 0, "1": 1},
+         text=lambda r: r["text"].strip(), encoding="cp1252", holdout=2000),
+    Task("mpqa", _pool("mpqa/mpqa.all"), "lines", ("text", "label"),  # 0 = negative, 1 = positive
+         prompt=_then("It was"), candidates=(" terrible", " great"), labels={"0": 0, "1": 1},
+         text=lambda r: r["text"].strip(), holdout=2000),
 )
 # sst5/trec have no hub_id on purpose: the Hub copies (SetFit/sst5, CogComp/trec) use other
 # field names and, for TREC, another label order than these files.
@@ -278,6 +322,73 @@ def _load_file(task: Task, split: str, path: str, mtime_ns: int, size: int) -> t
     return _build(task, split, rows, lines, display)
 
 
+def holdout_rows(texts: list[str], labels: list[int], size: int, salt: str) -> tuple[list[int], list[int]]:
+    """Split rows into (train pool, test pool) indices by a fixed rule of the rows' contents alone.
+
+    Stratified: label ``c`` gets a quota of ``size * n_c / n`` test rows (rounded by
+    largest remainder, so the quotas sum to ``size``).  Rows are grouped by
+    identical text (MPQA repeats many phrases, some with both labels; CR a few
+    sentences) and the groups ranked by ``sha256(salt + "\\0" + text)``.  Walking
+    the groups in rank order, a group joins the test pool when it fits in every
+    label's remaining quota; the walk stops when all quotas are full.  So the
+    test pool has exactly ``size`` rows with the labels in the file's
+    proportions, every copy of a text is on one side (no text is in both
+    pools), and nothing depends on a seed, on numpy, or on the row order of the
+    file.  Returns the train pool in row order and the test pool in a fixed
+    pseudo-random order of its rows (ranked by ``sha256(salt, text, copy
+    number)``, so a repeated text is spread out), whose first ``k`` rows are a
+    fixed random sample of ``k``.
+    """
+    n = len(texts)
+    counts: dict[int, int] = {}
+    for c in labels:
+        counts[c] = counts.get(c, 0) + 1
+    exact = {c: size * k / n for c, k in counts.items()}
+    quota = {c: int(q) for c, q in exact.items()}
+    by_remainder = sorted(exact, key=lambda c: (-(exact[c] - quota[c]), c))
+    for c in by_remainder[:size - sum(quota.values())]:
+        quota[c] += 1
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(texts):
+        groups.setdefault(t, []).append(i)
+    ranked = sorted(groups.items(), key=lambda kv: hashlib.sha256(f"{salt}\0{kv[0]}".encode()).hexdigest())
+    test: list[int] = []
+    for _, rows in ranked:
+        if len(test) == size:
+            break
+        need: dict[int, int] = {}
+        for i in rows:
+            need[labels[i]] = need.get(labels[i], 0) + 1
+        if all(k <= quota[c] for c, k in need.items()):
+            test.extend(rows)
+            for c, k in need.items():
+                quota[c] -= k
+    if len(test) < size:
+        raise DataError(f"{salt}: cannot hold out {size} test rows from {n} rows")
+    held = set(test)
+    copy: dict[str, int] = {}
+    keys = {}
+    for i in sorted(test):
+        copy[texts[i]] = copy.get(texts[i], -1) + 1
+        keys[i] = hashlib.sha256(f"{salt}\0{texts[i]}\0{copy[texts[i]]}".encode()).hexdigest()
+    return [i for i in range(n) if i not in held], sorted(test, key=keys.__getitem__)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_pools(task: Task, path: str, mtime_ns: int, size: int) -> dict[str, tuple[Example, ...]]:
+    """The train and test pools of a single-file task (uids ``task:train:row`` / ``task:test:row``)."""
+    display = task.files["train"]
+    rows, lines = read_rows(Path(path), task.format, task.encoding, display)
+    pool = _build(task, "pool", rows, lines, display)
+    if len(pool) <= task.holdout:
+        raise DataError(f"{display}: {len(pool)} rows, too few to hold out {task.holdout} test rows")
+    train, test = holdout_rows([e.text for e in pool], [e.label for e in pool], task.holdout, task.name)
+    return {
+        "train": tuple(dataclasses.replace(pool[i], uid=f"{task.name}:train:{i}") for i in train),
+        "validation": tuple(dataclasses.replace(pool[i], uid=f"{task.name}:test:{i}") for i in test),
+    }
+
+
 @functools.lru_cache(maxsize=32)
 def _load_hub(task: Task, split: str) -> tuple[Example, ...]:
     display = f"hub:{'/'.join(task.hub_id)}[{split}]"
@@ -298,7 +409,7 @@ def _split_path(task: Task, split: str, data_dir: str | Path | None) -> Path:
 
 
 def load_split(task: str | Task, split: str, data_dir: str | Path | None = None) -> list[Example]:
-    """All examples of one split, in file order.
+    """All examples of one split, in file order (single-pool tasks: see the module docstring).
 
     ``data_dir``: see :func:`resolve_data_dir`; the string ``"hub"`` reads
     ``task.hub_id`` from the Hugging Face Hub instead (needs network).
@@ -316,6 +427,8 @@ def load_split(task: str | Task, split: str, data_dir: str | Path | None = None)
         hint = " (sample_splits carves train/dev/test from validation instead)" if t.train_optional else ""
         raise DataError(f"{t.name} {split}: data file not found: {path}{hint}")
     st = path.stat()
+    if t.holdout:
+        return list(_load_pools(t, str(path), st.st_mtime_ns, st.st_size)[split])
     return list(_load_file(t, split, str(path), st.st_mtime_ns, st.st_size))
 
 
@@ -358,16 +471,22 @@ def sample_splits(
     if need > len(train):
         # MeZO's code does not fail here: it takes every row, dev = the last num_dev and
         # train = the rest (WSC, 554 rows, with 1000/500 trains on 54); we make it explicit
+        source = (f"train pool ({t.files['train']} less its {t.holdout} held-out test rows)" if t.holdout
+                  else f"train split ({t.files['train']})")
         raise DataError(
             f"{t.name}: num_train + num_dev = {num_train} + {num_dev} = {need} exceeds the {len(train)} "
-            f"examples of its train split ({t.files['train']}); lower num_train or num_dev "
+            f"examples of its {source}; lower num_train or num_dev "
             f"(e.g. num_train={max(len(train) - min(num_dev, 100), 0)}, num_dev={min(num_dev, 100)})"
         )
     picked = [train[i] for i in _permutation(len(train), seed)[:need]]
-    test = [valid[i] for i in _permutation(len(valid), seed)[:num_test]]
+    if t.holdout:  # the test pool's fixed order: the same test set for every seed
+        test = valid[:num_test]
+    else:
+        test = [valid[i] for i in _permutation(len(valid), seed)[:num_test]]
     note = ""
     if len(valid) < num_test:
-        note = f"test = all {len(valid)} validation examples of {t.name} (fewer than num_test={num_test})"
+        pool = "held-out test" if t.holdout else "validation"
+        note = f"test = all {len(valid)} {pool} examples of {t.name} (fewer than num_test={num_test})"
     return Splits(train=picked[:num_train], dev=picked[num_train:], test=test, note=note)
 
 
