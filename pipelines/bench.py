@@ -357,5 +357,41 @@ def step_cost(*, model: str, task: str, batch_size: int = 16, methods=("mezo",),
     return out
 
 
+def data_parallel(*, model: str = "smollm2-135m", task: str = "sst2", method: str = "mezo", batch_size: int = 16,
+                  steps: int = 6, workers=(1, 2), threads: int = 1, data_dir: str | None = None) -> dict[str, Any]:
+    """Steps/s of one ZO run on 1 worker and on N workers (``threads`` each) at the same global batch,
+    and the bytes each worker all-reduces per step; ratios measured in one run (the runs go one after
+    another, so they share the machine's state)."""
+    import tempfile
+
+    from zoplatform.errors import ConfigError
+
+    if steps < 1 or batch_size < max(workers) or min(workers) < 1:
+        raise ConfigError(f"steps={steps}, batch_size={batch_size}, workers={list(workers)}: need steps >= 1, "
+                          f"workers >= 1 and batch_size >= every worker count")
+    out: dict[str, Any] = {"model": model, "task": task, "method": method, "global_batch": batch_size,
+                           "steps": steps, "threads_per_worker": threads, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in workers:
+            argv = ["finetune", "--model", model, "--task", task, "--method", method, "--steps", str(steps),
+                    "--batch-size", str(batch_size), "--num-dev", "16", "--num-test", "16",
+                    "--eval-every", str(10 * steps), "--no-zero-shot", "--no-tracking", "--threads", str(threads),
+                    "--workers", str(n), "--out-dir", f"{tmp}/w{n}", "--json"]
+            if data_dir:
+                argv += ["--data-dir", data_dir]
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+            p = subprocess.run([sys.executable, "-m", "pipelines.cli", *argv], capture_output=True, text=True, env=env)
+            if p.returncode != 0:
+                raise RuntimeError(f"{n}-worker run failed: {p.stderr.strip().splitlines()[-1:]}")
+            s = json.loads(p.stdout.strip().splitlines()[-1])
+            out["runs"][str(n)] = {"steps_per_s": steps / s["train_time_s"], "train_time_s": s["train_time_s"],
+                                   "allreduce_bytes_per_step": s.get("allreduce_bytes_per_step", 0.0),
+                                   "replicas_identical": len(set(s.get("replica_sha256", ["-"]))) == 1}
+    base = out["runs"][str(workers[0])]["steps_per_s"]
+    for n in workers[1:]:
+        out["runs"][str(n)]["speedup_vs_1"] = out["runs"][str(n)]["steps_per_s"] / base
+    return out
+
+
 if __name__ == "__main__":
     print(json.dumps(memory_child(json.loads(sys.argv[1]))))

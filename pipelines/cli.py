@@ -420,6 +420,26 @@ def compare(configs_file, as_json, **opts):
         sys.exit(1)
 
 
+@bench.command("data-parallel")
+@click.option("--model", default="smollm2-135m")
+@click.option("--task", default="sst2")
+@click.option("--method", default="mezo")
+@click.option("--batch-size", type=int, default=16, help="global batch (split across the workers)")
+@click.option("--steps", type=int, default=6)
+@click.option("--workers", "workers_", default="1,2", help="worker counts to compare, e.g. 1,2")
+@click.option("--threads", type=int, default=1, help="threads per worker")
+@click.option("--data-dir", type=str)
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def bench_data_parallel(model, task, method, batch_size, steps, workers_, threads, data_dir, as_json):
+    """Steps/s of 1 worker vs N data-parallel workers at the same global batch, bytes all-reduced per step."""
+    from pipelines.bench import data_parallel
+
+    out = data_parallel(model=model, task=task, method=method, batch_size=batch_size, steps=steps,
+                        workers=_int_list(workers_, "workers"), threads=threads, data_dir=data_dir)
+    emit_json(out) if as_json else click.echo(json.dumps(out, indent=1))
+
+
 @bench.command("sweep-overhead")
 @click.option("--model", default="tiny:llama")
 @click.option("--task", default="sst2")

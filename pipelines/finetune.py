@@ -450,6 +450,7 @@ def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval,
         # 7. artifacts -------------------------------------------------------------
         if cfg.workers > 1:  # the replicas must have stayed bit-identical: compare their weight hashes
             summary["workers"] = w.size
+            summary["allreduce_bytes_per_step"] = scorer.bytes_reduced / max(history.steps_done - start, 1)
             summary["replica_sha256"] = replica_hashes(named)
         if not w.is_main:
             return summary
