@@ -291,6 +291,37 @@ def two_point_(blocks: Sequence[Block], seed: int, law, scratch: Scratch, closur
 
 
 @torch.no_grad()
+def one_sided_(blocks: Sequence[Block], seed: int, law, scratch: Scratch, closure: Callable[[], object], eps: float,
+               stream: int = 0, restore: bool = True) -> tuple[object, list[float]]:
+    """L(θ + εu) on one batch, u = z(seed, stream); returns (loss, pending) where ``pending[b]`` is
+    the ε still added to block b's θ (0 once restored).
+
+    fp32: +εu, evaluate, and −εu when ``restore`` (else pending = ε, for the caller to fuse into
+    its update).  Mixed precision: the working copy is written as low(θ + εu) and the master is
+    never moved, so nothing is pending and a restore is a copy (:func:`sync_`), not a pass over
+    the directions."""
+    mixed = [b.master is not None for b in blocks]
+    plain = [b for b, m in zip(blocks, mixed) if not m]
+    low = [b for b, m in zip(blocks, mixed) if m]
+    if plain:
+        axpy_(plain, seed, law, scratch, eps, stream=stream)
+    if low:
+        def write(i: int) -> None:
+            block = low[i]
+            work = block.param.data.view(-1)
+            for start, theta, z in direction_chunks(block, seed, law, scratch, stream):
+                work[start:start + theta.numel()].copy_(torch.add(theta, z, alpha=eps, out=z))
+
+        for_blocks(low, write)
+    loss = closure()
+    if restore:
+        if plain:
+            axpy_(plain, seed, law, scratch, -eps, stream=stream)
+        sync_(low)
+    return loss, [0.0 if (m or restore) else eps for m in mixed]
+
+
+@torch.no_grad()
 def sync_(blocks: Sequence[Block]) -> None:
     """Rewrite the low-precision working copies from their fp32 masters (round to nearest)."""
     todo = [b for b in blocks if b.master is not None]

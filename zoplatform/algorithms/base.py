@@ -15,10 +15,12 @@ trajectory is bit-identical to the trained one.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
 
 from ..config import StrictModel, validate
-from ..params import Block, Scratch, axpy_, two_point_
+from ..params import Block, Scratch, axpy_, one_sided_, two_point_
 from ..rng import make_law
 from ..types import StepRecord
 
@@ -28,6 +30,26 @@ Closure = Callable[[], Any]
 def as_float(loss: Any) -> float:
     """A closure's loss as a Python float (accepts tensors and numbers)."""
     return float(loss.detach().float().item()) if hasattr(loss, "detach") else float(loss)
+
+
+Law = Literal["gaussian", "rademacher", "pool"]
+
+
+class ZOConfig(StrictModel):
+    """The hyperparameters every ZO method has; a method's config subclasses this (or
+    :class:`SPSAConfig`) and adds its own, overriding a default where its paper differs."""
+
+    lr: float = Field(1e-6, gt=0, description="learning rate η (the loop's schedule scales it)")
+    eps: float = Field(1e-3, gt=0, description="perturbation scale ε")
+    weight_decay: float = Field(0.0, ge=0, description="λ, applied to decayed blocks only")
+    chunk_size: int = Field(1 << 20, ge=1024, description="elements generated per chunk (scratch memory)")
+
+
+class SPSAConfig(ZOConfig):
+    """A method whose directions come from a choice of law (all but LOREN's own sampler)."""
+
+    direction: Law = Field("gaussian", description="law of z: the papers' Gaussian, or an explicit speed lever "
+                                                   "(rademacher, pool)")
 
 
 class RecordedClosure:
@@ -49,14 +71,14 @@ class ZOMethod:
 
     name: ClassVar[str]
     paper: ClassVar[str] = ""
-    Config: ClassVar[type[StrictModel]]
+    Config: ClassVar[type[ZOConfig]]
 
-    def __init__(self, config: StrictModel | None = None, **hyper: Any):
+    def __init__(self, config: ZOConfig | None = None, **hyper: Any):
         if config is None:
             config = validate(self.Config, hyper, self.name)
         self.config = config
-        self.law = make_law(getattr(config, "direction", "gaussian"))
-        self.scratch = Scratch(getattr(config, "chunk_size", 1 << 20))
+        self.law = make_law(config.direction if isinstance(config, SPSAConfig) else "gaussian")
+        self.scratch = Scratch(config.chunk_size)
 
     # -- the interface ----------------------------------------------------
     def init(self, blocks: Sequence[Block]) -> dict:
@@ -97,6 +119,14 @@ class ZOMethod:
                             scale=scale, stream=stream, first_law=first_law)
         return lp, lm
 
+    def one_sided(self, blocks, seed, closure: Closure, stream: int = 0, restore: bool = True,
+                  law=None) -> tuple[float, list[float]]:
+        """L(θ + εu) with u from ``stream``; (loss, pending ε per block) — see
+        :func:`~zoplatform.params.one_sided_`."""
+        loss, pending = one_sided_(blocks, seed, self.law if law is None else law, self.scratch, closure,
+                                   self.config.eps, stream=stream, restore=restore)
+        return as_float(loss), pending
+
     def restore_update(self, blocks, seed, lr: float, g: float | None = None, *, steps=None, scale=None,
                        law=None, stream: int = 0) -> None:
         """Restore and SGD step fused into one pass over the directions, from θ' = θ − εu:
@@ -105,7 +135,7 @@ class ZOMethod:
 
         i.e. θ_b ← β_b·θ_b − η·g·u_b with g the projected gradient; ``steps`` gives η·g_b per
         block instead (e.g. CurvZO's ηΔ/π̃_b)."""
-        eps, wd = self.config.eps, getattr(self.config, "weight_decay", 0.0)
+        eps, wd = self.config.eps, self.config.weight_decay
         steps = [lr * g] * len(blocks) if steps is None else list(steps)
         betas = [1.0 - lr * wd if b.decay else 1.0 for b in blocks]
         alphas = [eps * beta - st for beta, st in zip(betas, steps)]

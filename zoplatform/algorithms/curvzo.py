@@ -124,26 +124,22 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ..config import StrictModel
 from ..errors import ConfigError
 from ..params import Block
 from ..rng import DirectionLaw, block_seed, generator, name_key
 from ..types import StepRecord
-from .base import ZOMethod
+from .base import SPSAConfig, ZOMethod
 
 _SAMPLE_STREAM = 0xC0F1
 _SAMPLE_KEY = name_key("curvzo.poisson-sampling")
 PROFILES = ("paper", "port", "contrast")
 
 
-class CurvZOConfig(StrictModel):
+class CurvZOConfig(SPSAConfig):
     """CurvZO hyperparameters (defaults: the paper profile of §4.2 and MeZO's protocol)."""
 
     lr: float = Field(1e-6, gt=0, description="learning rate η ([recon] MeZO's grid {1e-6, 1e-7})")
-    eps: float = Field(1e-3, gt=0, description="perturbation scale ε")
     weight_decay: float = Field(0.0, ge=0, description="λ, applied to sampled decayed blocks")
-    direction: Literal["gaussian", "rademacher", "pool"] = Field("gaussian", description="law of z")
-    chunk_size: int = Field(1 << 20, ge=1024, description="elements generated per chunk (scratch memory)")
     profile: Literal["paper", "port", "contrast"] = Field(
         "paper", description="paper (§4.2), port (§4.3, comparison) or contrast (own-share score + π floor)")
     init_budget: float = Field(0.4, gt=0, le=1, description="f₀: initial budget (fraction of coordinates; "

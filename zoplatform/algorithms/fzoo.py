@@ -90,17 +90,14 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
-from ..config import StrictModel
 from ..types import StepRecord
-from .base import ZOMethod, as_float
+from .base import SPSAConfig, ZOMethod, as_float
 
 
-class FZOOConfig(StrictModel):
+class FZOOConfig(SPSAConfig):
     """FZOO hyperparameters (defaults: the authors' ``fzoo.sh``, docs/algorithms.md §8)."""
-
-    model_config = ConfigDict(allow_inf_nan=False)  # merged with StrictModel's (extra=forbid, frozen)
 
     lr: float = Field(1e-5, gt=0, description="learning rate η (code 1e-5; the loop's schedule scales it)")
     eps: float = Field(1e-3, gt=0, description="perturbation scale ε (code 1e-3)")
@@ -109,7 +106,6 @@ class FZOOConfig(StrictModel):
     weight_decay: float = Field(0.0, ge=0, description="λ, applied to decayed blocks only (code: none)")
     direction: Literal["rademacher", "gaussian", "pool"] = Field(
         "rademacher", description="law of u: the paper's Rademacher, or an ablation")
-    chunk_size: int = Field(1 << 20, ge=1024, description="elements generated per chunk (scratch memory)")
 
 
 def population_std(values: list[float]) -> float:
@@ -136,27 +132,26 @@ class FZOO(ZOMethod):
 
     def step(self, state, blocks, closure, seed, lr):
         c = self.config
-        n, eps = c.num_directions, c.eps
+        n = c.num_directions
         # 1. l_0 at θ, then l_i at θ + εu_i (restored after each but the last)
-        losses = [as_float(closure())]
-        for i in range(n):
-            self.perturb(blocks, seed, eps, stream=i)
-            losses.append(as_float(closure()))
-            if i < n - 1:
-                self.perturb(blocks, seed, -eps, stream=i)
+        losses, pending = [as_float(closure())], []
+        for i in range(n):  # the last query's restore is fused with the update below
+            loss, pending = self.one_sided(blocks, seed, closure, stream=i, restore=i < n - 1)
+            losses.append(loss)
         l0, perturbed = losses[0], losses[1:]
         new = dict(state)
         new["t"] = int(state.get("t", 0)) + 1
         # 2. σ and the σ = 0 / non-finite rule
         sigma = population_std(perturbed) if all(map(math.isfinite, losses)) else math.nan
         if not (sigma > 0.0 and math.isfinite(sigma)):
-            self.perturb(blocks, seed, -eps, stream=n - 1)  # restore only
+            self.perturb(blocks, seed, [-p for p in pending], stream=n - 1)  # restore only
             new["skipped"] = int(state.get("skipped", 0)) + 1
             return new, StepRecord(seed, tuple(losses), lr, (0.0,) * n, {"sigma": sigma, "skipped": 1})
         coefs = [(li - l0) / (n * sigma) for li in perturbed]
         # 3. last direction: restore + decay + its update term in one pass; then the others
         betas = [1.0 - lr * c.weight_decay if b.decay else 1.0 for b in blocks]
-        self.perturb(blocks, seed, [-eps * beta - lr * coefs[-1] for beta in betas], beta=betas, stream=n - 1)
+        self.perturb(blocks, seed, [-p * beta - lr * coefs[-1] for p, beta in zip(pending, betas)], beta=betas,
+                     stream=n - 1)
         for i in range(n - 1):
             self.perturb(blocks, seed, -lr * coefs[i], stream=i)
         return new, StepRecord(seed, tuple(losses), lr, tuple(coefs), {"sigma": sigma, "skipped": 0})

@@ -108,16 +108,15 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ..config import StrictModel
 from ..params import Block, direction_chunks, for_blocks, sync_, value
 from ..rng import block_seed, generator
 from ..types import StepRecord
-from .base import ZOMethod, as_float
+from .base import ZOConfig, ZOMethod, as_float
 
 _A_STREAM = 0xA11CE  # stream of a's initial draw (queries use streams 0..K−1)
 
 
-class LORENConfig(StrictModel):
+class LORENConfig(ZOConfig):
     """LOREN hyperparameters (defaults: the authors' README/code, K from the paper)."""
 
     lr: float = Field(1e-6, gt=0, description="learning rate η (the paper's grid is not recoverable; "
@@ -135,7 +134,6 @@ class LORENConfig(StrictModel):
         "per_query", description="per_query: θ, M, a updated once per query (authors' code); "
                                  "per_step: once per step with the averaged estimate (paper)")
     a_init: float = Field(1.0, ge=0, description="scale of a's randn init (code: 1; 0: isotropic RLOO, a frozen)")
-    chunk_size: int = Field(1 << 20, ge=1024, description="elements generated per chunk (scratch memory)")
 
 
 # -- tiling helpers: a flat chunk [start, start+L) of an (m, n) tensor --------------------------------

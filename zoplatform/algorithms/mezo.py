@@ -27,25 +27,12 @@ True
 """
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
-
-from ..config import StrictModel
 from ..types import StepRecord
-from .base import ZOMethod
+from .base import SPSAConfig, ZOMethod
 
 
-class MeZOConfig(StrictModel):
-    """MeZO hyperparameters (defaults: the paper's OPT setting, §1.2)."""
-
-    lr: float = Field(1e-6, gt=0, description="learning rate η (the loop's schedule scales it)")
-    eps: float = Field(1e-3, gt=0, description="perturbation scale ε")
-    weight_decay: float = Field(0.0, ge=0, description="λ, applied to decayed blocks only")
-    direction: Literal["gaussian", "rademacher", "pool"] = Field(
-        "gaussian", description="law of z: the paper's Gaussian, or an explicit speed lever"
-    )
-    chunk_size: int = Field(1 << 20, ge=1024, description="elements generated per chunk (scratch memory)")
+class MeZOConfig(SPSAConfig):
+    """MeZO hyperparameters (defaults: the paper's OPT setting, §1.2: lr 1e-6, ε 1e-3, no weight decay)."""
 
 
 class MeZO(ZOMethod):

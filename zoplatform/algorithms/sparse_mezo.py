@@ -80,11 +80,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ..config import StrictModel
 from ..params import Block, value
 from ..rng import DirectionLaw, block_seed, generator
 from ..types import StepRecord
-from .base import ZOMethod
+from .base import SPSAConfig, ZOMethod
 
 # Stream ids that separate this method's extra randomness from the directions (stream 0).
 _THRESHOLD_STREAM = 0x5A11
@@ -94,13 +93,10 @@ _BIT_TABLE = torch.arange(256).unsqueeze(1).bitwise_right_shift(torch.arange(8))
 _NIBBLE_MAGIC = 0x204081  # gathers the low bits of 4 bytes into bits 21..24 (no overlapping partial products)
 
 
-class SparseMeZOConfig(StrictModel):
+class SparseMeZOConfig(SPSAConfig):
     """S-MeZO hyperparameters (defaults: MeZO's protocol, §1.2, and the paper's best sparsity, §2)."""
 
     lr: float = Field(1e-6, gt=0, description="learning rate η (the paper tunes a larger one than MeZO's)")
-    eps: float = Field(1e-3, gt=0, description="perturbation scale ε")
-    weight_decay: float = Field(0.0, ge=0, description="λ, applied to decayed blocks only")
-    direction: Literal["gaussian", "rademacher", "pool"] = Field("gaussian", description="law of z")
     chunk_size: int = Field(1 << 20, ge=1024, multiple_of=8,
                             description="elements generated per chunk (a multiple of 8: masks are bit-packed)")
     sparsity: float = Field(0.8, ge=0.0, lt=1.0,

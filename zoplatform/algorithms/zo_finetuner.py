@@ -84,17 +84,15 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from pydantic import Field
 
-from ..config import StrictModel
 from ..errors import ConfigError
 from ..params import Block, Scratch, axpy_, trainable_named, value
 from ..rng import DirectionLaw
 from ..types import StepRecord
-from .base import ZOMethod, two_point
+from .base import SPSAConfig, ZOMethod
 
 # --------------------------------------------------------------------------
 # the policy: functional definition
@@ -371,14 +369,10 @@ def load_policy(path: str | Path) -> Policy:
 # --------------------------------------------------------------------------
 # the deploying method
 # --------------------------------------------------------------------------
-class ZOFinetunerConfig(StrictModel):
+class ZOFinetunerConfig(SPSAConfig):
     """ZO Fine-tuner deployment hyperparameters (defaults: the paper's script, §5.1)."""
 
     lr: float = Field(1e-7, gt=0, description="learning rate η (paper script 1e-7; the loop's schedule scales it)")
-    eps: float = Field(1e-3, gt=0, description="perturbation scale ε")
-    weight_decay: float = Field(0.0, ge=0, description="λ, applied to decayed blocks only")
-    direction: Literal["gaussian", "rademacher", "pool"] = Field("gaussian", description="law of z")
-    chunk_size: int = Field(1 << 20, ge=1024, description="elements generated per chunk (scratch memory)")
     policy: str | None = Field(None, description="policy directory (policy.json + policy.safetensors); "
                                                  "None: identity policy σ ≡ 1, i.e. exactly MeZO")
     policy_version: str | None = Field(None, description="provenance only (logged, not used): the registry "
@@ -461,13 +455,11 @@ class ZOFinetuner(ZOMethod):
         sigma = self.sigma(state, blocks)
         trace_c, s = self.scales(sigma)
         # 2. two evaluations on the same batch at θ ± ε s⊙z
-        loss_plus, loss_minus = two_point(closure, lambda a: self.perturb(blocks, seed, a, scale=s), c.eps)
+        loss_plus, loss_minus = self.two_point(blocks, seed, closure, scale=s)
         # 3. projected gradient
         g = (loss_plus - loss_minus) / (2.0 * c.eps)
         # 4. restore + decay + SGD step, fused: θ_b ← β_b θ'_b + (ε β_b − η g)·s_b z_b
-        betas = [1.0 - lr * c.weight_decay if b.decay else 1.0 for b in blocks]
-        alphas = [c.eps * beta - lr * g for beta in betas]
-        self.perturb(blocks, seed, alphas, beta=betas, scale=s)
+        self.restore_update(blocks, seed, lr, g, scale=s)
         # 5. the policy's next inputs
         new = {"t": int(state["t"]) + 1, "prev_losses": torch.tensor([loss_plus, loss_minus], dtype=torch.float64),
                "sigma": sigma.clone()}
