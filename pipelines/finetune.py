@@ -12,7 +12,6 @@ exactly where the run stopped, in the same MLflow run.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import platform
 import time
@@ -269,8 +268,16 @@ def sample_data(cfg: FinetuneConfig, data_dir):
 
 def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval, should_stop, t_start, w):
     import zoplatform
-    from zoplatform.loop import FOStepper, History, ZOStepper, evaluate, lr_lambda, peak_memory_mb, \
-        reset_peak_memory, train
+    from zoplatform.loop import (
+        FOStepper,
+        History,
+        ZOStepper,
+        evaluate,
+        lr_lambda,
+        peak_memory_mb,
+        reset_peak_memory,
+        train,
+    )
     from zoplatform.models import default_protocol, load_model
     from zoplatform.objectives import make_scorer
     from zoplatform.params import set_threads
@@ -378,15 +385,11 @@ def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval,
                 if cfg.select == "best" and i == history.best_step:
                     best_copy = [p.detach().to("cpu", copy=True) for _, p in named]
 
-            records = traj.records[:start]
-            opt.method_state = zoplatform.replay(opt.method, opt.blocks, records, opt.method_state,
-                                                 progress=cfg.progress, on_step=keep_best)
-            opt.trajectory.records.extend(records)
+            opt.resume(traj.records[:start], progress=cfg.progress, on_step=keep_best)
             with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": replay steps no optimizer
                 warnings.simplefilter("ignore", UserWarning)
                 for _ in range(start):
                     sched.step()
-            opt.steps = start
             if cfg.select == "best" and history.best_step == start:
                 best_copy = None  # the current weights are the best
             tracker.set_tags({"zo.resumed_at_step": str(start)})

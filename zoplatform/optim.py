@@ -83,6 +83,23 @@ class ZOOptimizer(torch.optim.Optimizer):
             self.trajectory.append(rec)
         return torch.tensor(rec.losses[0])
 
+    def resume(self, records, *, progress: bool = False, on_step=None) -> None:
+        """Continue from a checkpoint: replay ``records`` (a trajectory's first steps) on the
+        current — base — weights, keep them as this optimizer's trajectory and step count, so the
+        next ``step`` is the one the interrupted run would have taken.  ``on_step(i, state)`` runs
+        before record ``i`` is applied (e.g. to copy the weights at the best step)."""
+        from .trajectory import replay
+
+        if self.steps:
+            raise RuntimeError(f"resume() needs a fresh optimizer; this one has taken {self.steps} steps")
+        records = list(records)
+        self.method_state = replay(self.method, self.blocks, records, self.method_state, progress=progress,
+                                   on_step=on_step)
+        if self.trajectory is not None:
+            self.trajectory.records.extend(records)
+        self.steps = len(records)
+        self.last_record = records[-1] if records else None
+
     def zero_grad(self, set_to_none: bool = True) -> None:  # nothing to zero: no gradients exist
         return None
 
