@@ -215,18 +215,4 @@ def test_report_writes_plot_and_table(tmp_path):
     assert sum(int(r.split(",")[4]) for r in rows[1:]) == int(opt.method_state["counts"].sum()) >= 6
 
 
-@pytest.mark.parametrize("bad, msg", [
-    (dict(profile="fisher"), r"profile='fisher' is invalid"),
-    (dict(init_budget=0.9), r"init_budget=0.9 must lie in \[budget_min=0.1, budget_max=0.8\]"),
-    (dict(budget_min=0.5, budget_max=0.3, init_budget=0.4), r"init_budget=0.4 must lie in"),
-    (dict(init_budget=0.0), r"init_budget=0.0 is invalid"),
-    (dict(score_ema=0.0), r"score_ema=0.0 is invalid"),
-    (dict(pi_floor=0.2), r"pi_floor=0.2 exceeds budget_min=0.1"),
-    (dict(budget_every=0), r"budget_every=0 is invalid"),
-    (dict(budget=0.4), r"unknown option 'budget'"),
-])
-def test_bad_configs_raise_one_line_errors(bad, msg):
-    x = torch.nn.Parameter(torch.ones(3))
-    with pytest.raises(zoplatform.ConfigError, match=msg) as e:
-        zoplatform.optimizer("curvzo", [x], **bad)
-    assert "\n" not in str(e.value)
+# bad configs: tests/test_contract.py (the methods table)

@@ -237,20 +237,8 @@ def test_resume_from_state_dict_is_bit_exact_and_keeps_the_skip_count():
     assert all(torch.equal(a, b) for a, b in zip(p_full, p_res))
 
 
-@pytest.mark.parametrize("hyper,match", [
-    ({"num_directions": 1}, r"^fzoo: num_directions=1 is invalid: .*greater than or equal to 2$"),
-    ({"eps": 0.0}, r"^fzoo: eps=0.0 is invalid: .*greater than 0$"),
-    ({"lr": math.inf}, r"^fzoo: lr=inf is invalid: .*finite"),
-    ({"lr": math.nan}, r"^fzoo: lr=nan is invalid: .*finite"),
-    ({"eps": math.inf}, r"^fzoo: eps=inf is invalid: .*finite"),
-    ({"weight_decay": -0.1}, r"^fzoo: weight_decay=-0.1 is invalid"),
-    ({"direction": "sobol"}, r"^fzoo: direction='sobol' is invalid"),
-    ({"K": 8}, r"^fzoo: unknown option 'K'$"),
-])
-def test_bad_configs_are_one_line_errors_naming_the_field(hyper, match):
-    with pytest.raises(zoplatform.ConfigError, match=match) as e:
-        zoplatform.make("fzoo", **hyper)
-    assert "\n" not in str(e.value)
+# more bad configs: tests/test_contract.py (the methods table)
+
 
 
 def test_defaults_are_the_codes_and_the_docstring_example_runs():

@@ -120,36 +120,4 @@ def test_which_tensors_are_masked():
     assert int((net2[0].bias.detach() != b2).sum()) == 3
 
 
-@pytest.mark.parametrize("mask", ["magnitude", "random"])
-def test_trajectory_replay_is_bit_exact(tmp_path, mask):
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(12, 10), torch.nn.LayerNorm(10), torch.nn.Linear(10, 3))
-    base = {k: v.clone() for k, v in net.state_dict().items()}
-    x, y = torch.randn(16, 12), torch.randn(16, 3)
-    opt = zoplatform.optimizer("sparse-mezo", net.named_parameters(), lr=5e-2, eps=1e-3, weight_decay=0.1,
-                               sparsity=0.6, mask=mask, threshold_every=3, seed=4)
-    for _ in range(12):
-        opt.step(lambda: torch.nn.functional.mse_loss(net(x), y))
-    traj = zoplatform.Trajectory.load(opt.trajectory.save(tmp_path / "t.jsonl"))
-    fresh = torch.nn.Sequential(torch.nn.Linear(12, 10), torch.nn.LayerNorm(10), torch.nn.Linear(10, 3))
-    fresh.load_state_dict(base)
-    zoplatform.replay(zoplatform.make(traj.method, **traj.config), blocks_from_named(fresh.named_parameters()),
-                      traj.records)
-    for a, b in zip(net.parameters(), fresh.parameters()):
-        assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("bad, msg", [
-    (dict(sparsity=1.0), r"sparsity=1.0 is invalid"),
-    (dict(sparsity=-0.1), r"sparsity=-0.1 is invalid"),
-    (dict(mask="topk"), r"mask='topk' is invalid"),
-    (dict(masked="rows"), r"masked='rows' is invalid"),
-    (dict(threshold_every=0), r"threshold_every=0 is invalid"),
-    (dict(chunk_size=1025), r"chunk_size=1025 is invalid"),
-    (dict(density=0.2), r"unknown option 'density'"),
-])
-def test_bad_configs_raise_one_line_errors(bad, msg):
-    x = torch.nn.Parameter(torch.ones(3, 3))
-    with pytest.raises(zoplatform.ConfigError, match=msg) as e:
-        zoplatform.optimizer("sparse-mezo", [x], **bad)
-    assert "\n" not in str(e.value)
+# replay, resume and bad configs: tests/test_contract.py (the methods table)
