@@ -237,8 +237,100 @@ def budget_stats(scores: torch.Tensor) -> tuple[float, float]:
     return n_eff / n, h
 
 
+class Profile:
+    """A CurvZO profile: how curvature scores are kept, read and turned into inclusion
+    probabilities.  The step itself (sample, two-point estimate, HT update, budget) is shared."""
+
+    name = "base"
+    score_ema = 0.1  # β when the config leaves it None
+    pi_floor = 0.0  # lower bound on π when the config leaves it None
+    norm_init = 0.0  # G before the first signal (0: set from the first one)
+
+    def extra_state(self, n: int, c: CurvZOConfig) -> dict:
+        return {}
+
+    def effective(self, state, c: CurvZOConfig) -> torch.Tensor:
+        """The scores sampling and the budget use."""
+        return state["scores"]
+
+    def inclusion(self, s: torch.Tensor, d: torch.Tensor, budget: float, n_blocks: int, lo: float) -> torch.Tensor:
+        """π_b meeting the budget: c·√S_b clipped to [lo, 1 − lo] with Σ d_b π_b = f·D."""
+        return meet_budget(s.sqrt(), d, budget * float(d.sum()), lo, 1.0 - lo)
+
+    def update(self, state, blocks, idx: list[int], zsq: list[float], pi: torch.Tensor, delta: float,
+               beta: float, c: CurvZOConfig) -> dict:
+        """The state entries a step that sampled ``idx`` and measured Δ changes."""
+        raise NotImplementedError
+
+
+def _normaliser(state, d2: float, c: CurvZOConfig) -> tuple[float, float]:
+    """(G, 1/G): G a running mean of Δ² so the signal is O(1) like S₀ and comparable over training."""
+    norm = d2 if state["norm"] == 0.0 else c.credit_ema * state["norm"] + (1.0 - c.credit_ema) * d2
+    return norm, ((1.0 / norm if norm > 0 else 0.0) if c.score_normalise else 1.0)
+
+
+class PaperProfile(Profile):
+    """§4.2: S_b ← (1 − β)S_b + β·(Δ²/G)‖z_b‖²/d_b on the sampled blocks; π ∝ √S."""
+
+    name = "paper"
+
+    def update(self, state, blocks, idx, zsq, pi, delta, beta, c):
+        s, d2 = state["scores"].clone(), delta * delta
+        norm, scale = _normaliser(state, d2, c)
+        for i, sq in zip(idx, zsq):
+            s[i] = (1.0 - beta) * s[i] + beta * d2 * scale * sq / blocks[i].numel
+        return {"scores": s, "norm": norm}
+
+
+class PortProfile(Profile):
+    """§4.3: budget in tensors, π ∝ S capped (under-fills), credit |Δ|/G split by ‖z_b‖²/π_b²."""
+
+    name = "port"
+    norm_init = 1e-8
+
+    def inclusion(self, s, d, budget, n_blocks, lo):
+        return port_inclusion(s, max(1, math.floor(budget * n_blocks)))
+
+    def update(self, state, blocks, idx, zsq, pi, delta, beta, c):
+        s = state["scores"].clone()
+        norm = c.credit_ema * state["norm"] + (1.0 - c.credit_ema) * abs(delta)
+        r = abs(delta) / norm
+        w = torch.tensor([sq / float(pi[i]) ** 2 for i, sq in zip(idx, zsq)], dtype=torch.float64)
+        w = w / w.sum() if float(w.sum()) > 0 else torch.full_like(w, 1.0 / len(idx))
+        for j, i in enumerate(idx):
+            s[i] = (1.0 - beta) * s[i] + beta * r * float(w[j])
+        return {"scores": s, "norm": norm}
+
+
+class ContrastProfile(Profile):
+    """Our fix (module doc): E[Δ² | b ∈ S] − E[Δ² | b ∉ S] as the block's share, π floored."""
+
+    name = "contrast"
+    score_ema = 0.02
+    pi_floor = 0.05
+
+    def extra_state(self, n, c):
+        return {"scores_out": torch.full((n,), c.score_init, dtype=torch.float64)}
+
+    def effective(self, state, c):
+        share = (state["scores"] - state["scores_out"]).clamp_min(0.0)
+        return share + c.contrast_prior * share.mean()
+
+    def update(self, state, blocks, idx, zsq, pi, delta, beta, c):
+        d2 = delta * delta
+        norm, scale = _normaliser(state, d2, c)
+        hit = torch.zeros(len(blocks), dtype=torch.bool)
+        hit[idx] = True
+        s, out = state["scores"], state["scores_out"]
+        return {"scores": torch.where(hit, (1.0 - beta) * s + beta * d2 * scale, s),
+                "scores_out": torch.where(hit, out, (1.0 - beta) * out + beta * d2 * scale), "norm": norm}
+
+
+PROFILE_CLASSES = {p.name: p for p in (PaperProfile, PortProfile, ContrastProfile)}
+
+
 class CurvZO(ZOMethod):
-    """CurvZO with the ``paper`` (default), ``port`` and ``contrast`` profiles."""
+    """CurvZO with the ``paper`` (default), ``port`` and ``contrast`` profiles (:class:`Profile` strategies)."""
 
     name = "curvzo"
     paper = "Wang, Chen, Tang, CurvZO, ICML 2026, arXiv:2603.21725"
@@ -247,6 +339,7 @@ class CurvZO(ZOMethod):
     def __init__(self, config=None, **hyper):
         super().__init__(config, **hyper)
         c = self.config
+        self.profile = PROFILE_CLASSES[c.profile]()
         if not c.budget_min <= c.init_budget <= c.budget_max:
             raise ConfigError(f"{self.name}: init_budget={c.init_budget} must lie in "
                               f"[budget_min={c.budget_min}, budget_max={c.budget_max}]")
@@ -256,49 +349,35 @@ class CurvZO(ZOMethod):
 
     @property
     def score_ema(self) -> float:
-        if self.config.score_ema is not None:
-            return self.config.score_ema
-        return 0.02 if self.config.profile == "contrast" else 0.1
+        return self.profile.score_ema if self.config.score_ema is None else self.config.score_ema
 
     @property
     def pi_floor(self) -> float:
-        if self.config.pi_floor is not None:
-            return self.config.pi_floor
-        return 0.05 if self.config.profile == "contrast" else 0.0
+        return self.profile.pi_floor if self.config.pi_floor is None else self.config.pi_floor
 
     # -- state ------------------------------------------------------------------
     def init(self, blocks):
         c, n = self.config, len(blocks)
-        state = {
+        return {
             "t": 0,
             "budget": float(c.init_budget),
             "scores": torch.full((n,), c.score_init, dtype=torch.float64),
             "counts": torch.zeros(n, dtype=torch.int64),
             "trace": torch.zeros(0, 4, dtype=torch.float64),  # rows: (step, f, N_eff/N, H) at budget updates
+            "norm": self.profile.norm_init,  # G, the running scale of the feedback
+            **self.profile.extra_state(n, c),
         }
-        state["norm"] = 1e-8 if c.profile == "port" else 0.0  # G (0: set from the first Δ²)
-        if c.profile == "contrast":
-            state["scores_out"] = torch.full((n,), c.score_init, dtype=torch.float64)
-        return state
 
     def effective_scores(self, state) -> torch.Tensor:
         """The scores sampling and the budget use (the contrast profile's in − out)."""
-        if self.config.profile == "contrast":
-            share = (state["scores"] - state["scores_out"]).clamp_min(0.0)
-            return share + self.config.contrast_prior * share.mean()
-        return state["scores"]
+        return self.profile.effective(state, self.config)
 
     # -- sampling ---------------------------------------------------------------
     def inclusion(self, state, blocks) -> torch.Tensor:
         """Target inclusion probabilities π_b (they meet the budget)."""
-        c = self.config
         d = torch.tensor([b.numel for b in blocks], dtype=torch.float64)
         s = self.effective_scores(state).clamp_min(1e-300)  # numerical guard only
-        if c.profile == "port":
-            k = max(1, math.floor(state["budget"] * len(blocks)))
-            return port_inclusion(s, k)
-        lo = self.pi_floor
-        return meet_budget(s.sqrt(), d, state["budget"] * float(d.sum()), lo, 1.0 - lo)
+        return self.profile.inclusion(s, d, state["budget"], len(blocks), self.pi_floor)
 
     @staticmethod
     def realised(pi: torch.Tensor) -> torch.Tensor:
@@ -335,8 +414,7 @@ class CurvZO(ZOMethod):
         self.restore_update(sub, seed, lr, steps=[lr * delta / float(pi_real[i]) for i in idx])
         # 5. curvature scores of the sampled blocks (and the contrast profile's "out" EMA)
         new = dict(state)
-        new["scores"], extra_state = self._update_scores(state, blocks, idx, zsq, pi, delta)
-        new.update(extra_state)
+        new.update(self.profile.update(state, blocks, idx, zsq, pi, delta, self.score_ema, c))
         counts = state["counts"].clone()
         counts[idx] += 1
         new["counts"], new["t"] = counts, t + 1
@@ -358,35 +436,6 @@ class CurvZO(ZOMethod):
             "sampled_frac": sum(b.numel for b in sub) / total,  # realised coordinate fraction
         }
         return new, StepRecord(seed, (loss_plus, loss_minus), lr, (delta,), extra)
-
-    def _update_scores(self, state, blocks, idx: list[int], zsq: list[float], pi: torch.Tensor, delta: float):
-        """New scores (and auxiliary state) after a step that sampled ``idx`` and measured Δ."""
-        c = self.config
-        s = state["scores"].clone()
-        beta, kappa, d2 = self.score_ema, c.credit_ema, delta * delta
-        if c.profile == "port":
-            # credit r = |Δ| / G, G an EMA of |Δ|, split by w_b ∝ ‖z_b‖²/π_b² over the sampled blocks
-            norm = kappa * state["norm"] + (1.0 - kappa) * abs(delta)
-            r = abs(delta) / norm
-            w = torch.tensor([sq / float(pi[i]) ** 2 for i, sq in zip(idx, zsq)], dtype=torch.float64)
-            w = w / w.sum() if float(w.sum()) > 0 else torch.full_like(w, 1.0 / len(idx))
-            for j, i in enumerate(idx):
-                s[i] = (1.0 - beta) * s[i] + beta * r * float(w[j])
-            return s, {"norm": norm}
-        # G: running mean of Δ², so the signal is O(1) like S₀ and comparable across training time
-        norm = d2 if state["norm"] == 0.0 else kappa * state["norm"] + (1.0 - kappa) * d2
-        scale = (1.0 / norm if norm > 0 else 0.0) if c.score_normalise else 1.0
-        if c.profile == "paper":
-            for i, sq in zip(idx, zsq):
-                s[i] = (1.0 - beta) * s[i] + beta * d2 * scale * sq / blocks[i].numel
-            return s, {"norm": norm}
-        # contrast: E[Δ² | b ∈ S] and E[Δ² | b ∉ S], each an EMA over its own steps
-        hit = torch.zeros(len(blocks), dtype=torch.bool)
-        hit[idx] = True
-        out = state["scores_out"]
-        s = torch.where(hit, (1.0 - beta) * s + beta * d2 * scale, s)
-        out = torch.where(hit, out, (1.0 - beta) * out + beta * d2 * scale)
-        return s, {"norm": norm, "scores_out": out}
 
     # -- end-of-run artifacts ---------------------------------------------------
     def report(self, state, blocks: Sequence[Block], out_dir) -> list:
