@@ -68,7 +68,9 @@ from pydantic import Field, field_validator, model_validator
 
 from meta.descent import DescentModel, DescentStepper, MetaValidation
 from meta.policy import PerturbationPolicy, ScalePolicy
-from zoplatform.algorithms.zo_finetuner import (
+from zoplatform.config import StrictModel
+from zoplatform.params import Block, Scratch, model_blocks
+from zoplatform.policy import (
     block_stats,
     direction_tensor,
     effective_counts,
@@ -76,8 +78,6 @@ from zoplatform.algorithms.zo_finetuner import (
     policy_features,
     trace_scale,
 )
-from zoplatform.config import StrictModel
-from zoplatform.params import Block, Scratch, model_blocks
 from zoplatform.rng import generator, make_law, step_seed
 from zoplatform.types import Example
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from zoplatform.algorithms.zo_finetuner import (
+from zoplatform.policy import (
     HIDDEN,
     KIND_MLP,
     KIND_SCALE,

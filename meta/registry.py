@@ -85,7 +85,7 @@ def register_policy(policy_dir: str | Path, model_id: str, tasks: Sequence[str],
     """
     from mlflow.exceptions import MlflowException
 
-    from zoplatform.algorithms.zo_finetuner import load_policy
+    from zoplatform.policy import load_policy
     from zoplatform.tracking.mlflow import ensure_experiment
 
     policy = load_policy(policy_dir)  # refuses anything that is not a valid policy

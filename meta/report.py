@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from zoplatform.algorithms.zo_finetuner import trace_scale
 from zoplatform.params import Block
+from zoplatform.policy import trace_scale
 
 # (type, pattern on the parameter name); first match wins; order = row order of the heatmap
 TYPES: list[tuple[str, str]] = [

@@ -23,7 +23,12 @@ from meta.metatrain import (
 )
 from meta.policy import PerturbationPolicy, ScalePolicy, load_any
 from meta.registry import register_policy, registered_name, resolve_policy
-from zoplatform.algorithms.zo_finetuner import (
+from zoplatform.data import resolve_data_dir, sample_splits
+from zoplatform.errors import ConfigError
+from zoplatform.models import load_model
+from zoplatform.objectives import make_scorer
+from zoplatform.params import model_blocks
+from zoplatform.policy import (
     block_stats,
     effective_counts,
     embedding_block_names,
@@ -31,11 +36,6 @@ from zoplatform.algorithms.zo_finetuner import (
     policy_features,
     policy_sigma,
 )
-from zoplatform.data import resolve_data_dir, sample_splits
-from zoplatform.errors import ConfigError
-from zoplatform.models import load_model
-from zoplatform.objectives import make_scorer
-from zoplatform.params import model_blocks
 
 try:
     DATA = resolve_data_dir(None)

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 import zoplatform
-from zoplatform.algorithms.zo_finetuner import (
+from zoplatform.algorithms.zo_finetuner import ZOFinetuner
+from zoplatform.errors import ConfigError
+from zoplatform.params import Scratch, blocks_from_named, model_blocks
+from zoplatform.policy import (
     DEFAULT_EMBEDDING_ROWS,
     FEATURES,
-    ZOFinetuner,
     direction_tensor,
     effective_counts,
     embedding_block_names,
@@ -22,8 +24,6 @@ from zoplatform.algorithms.zo_finetuner import (
     save_policy,
     trace_scale,
 )
-from zoplatform.errors import ConfigError
-from zoplatform.params import Scratch, blocks_from_named, model_blocks
 from zoplatform.rng import make_law
 
 

@@ -4,7 +4,7 @@ from zoplatform.models import load_model
 from zoplatform.objectives import make_scorer
 from zoplatform.params import model_blocks
 from zoplatform.data import sample_splits, resolve_data_dir
-from zoplatform.algorithms.zo_finetuner import embedding_block_names, effective_counts
+from zoplatform.policy import embedding_block_names, effective_counts
 t0=time.time()
 model, tok = load_model("smollm2-135m", dtype="float32", protocol="prompt", seed=0); model.eval()
 scorer = make_scorer(model, tok, protocol="prompt", max_length=2048)
