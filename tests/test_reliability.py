@@ -200,7 +200,7 @@ def test_a_nan_dev_loss_is_never_selected_as_best():
     from zoplatform.loop import History, train
 
     class Scorer:
-        class model:  # noqa: N801 - a stand-in module
+        class model:
             training = False
 
             @staticmethod
@@ -320,3 +320,51 @@ def test_sigterm_ends_a_finetune_killed_with_a_checkpoint(tmp_path):
     state = json.loads((out / "state.json").read_text())
     r = client(uri).get_run(state["run_id"])
     assert r.info.status == "KILLED" and "--resume" in r.data.tags["zo.end_reason"]
+
+
+def _random_policy(tmp_path):
+    from meta.policy import PerturbationPolicy
+    from zoplatform.models import load_model
+    from zoplatform.params import model_blocks
+    from zoplatform.policy import embedding_block_names
+
+    model, _ = load_model("tiny:llama")
+    emb = embedding_block_names(model)
+    layout = [(b.name, list(b.param.shape), b.name in emb) for b in model_blocks(model)]
+    return PerturbationPolicy(layout, base_model="tiny:llama", embedding_rows=240, seed=0).save(tmp_path / "p")
+
+
+@pytest.mark.parametrize("damage,msg", [
+    ("no-network", "network.hidden=None is invalid"),
+    ("hidden-abc", "network.hidden='abc' is invalid"),
+    ("nan-weights", "hold NaN or inf; the policy file is damaged"),
+])
+def test_a_damaged_policy_is_one_line_before_the_model_loads(tmp_path, damage, msg):
+    d = _random_policy(tmp_path)
+    schema = json.loads((d / "policy.json").read_text())
+    if damage == "no-network":
+        del schema["network"]
+    elif damage == "hidden-abc":
+        schema["network"]["hidden"] = "abc"
+    else:
+        from safetensors.torch import load_file, save_file
+
+        w = load_file(str(d / "policy.safetensors"))
+        w["w2"][0, 0] = float("nan")
+        save_file(w, str(d / "policy.safetensors"))
+    (d / "policy.json").write_text(json.dumps(schema))
+    res = CliRunner().invoke(cli, ["finetune", "--model", "tiny:llama", "--method", "zo-finetuner", "--policy",
+                                   str(d), "--no-tracking", "--out-dir", str(tmp_path / "x")])
+    assert res.exit_code == 2 and msg in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_compare_without_a_budget_names_the_missing_option():
+    res = CliRunner().invoke(cli, ["compare", "--methods", "mezo", "--tasks", "sst2", "--model", "tiny:llama"])
+    assert res.exit_code == 2 and res.stderr.strip() == "error: compare config: forward_budget is required"
+
+
+def test_meta_train_rejects_a_non_finite_lr():
+    res = CliRunner().invoke(cli, ["meta-train", "--model", "tiny:llama", "--tasks", "copa", "--lr-mlp", "inf",
+                                   "--no-tracking"])
+    assert res.exit_code == 2 and "lr_mlp=inf is invalid" in res.stderr

@@ -30,6 +30,8 @@ def one_line(err: ValidationError, where: str) -> str:
     loc = ".".join(str(x) for x in e["loc"]) or "(config)"
     if e["type"] == "extra_forbidden":
         return f"{where}: unknown option {loc!r}"
+    if e["type"] == "missing":  # the "input" is then the whole mapping: name the field, not the dict
+        return f"{where}: {loc} is required"
     return f"{where}: {loc}={e.get('input')!r} is invalid: {e['msg']}"
 
 

@@ -236,7 +236,12 @@ def save_policy(directory: str | Path, weights: Mapping[str, torch.Tensor], sche
 def _check_weights(weights: Mapping[str, torch.Tensor], n: int, schema: Mapping, where: str) -> None:
     kind = policy_kind(schema)
     if kind == KIND_MLP:
-        hidden, f = int(schema["network"]["hidden"]), len(FEATURES)
+        net = schema.get("network")
+        hidden = net.get("hidden") if isinstance(net, Mapping) else None
+        if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
+            raise ConfigError(f"{where}: policy.json network.hidden={hidden!r} is invalid: an 'mlp' policy needs a "
+                              f"positive integer hidden width (network: {net!r})"[:300])
+        f = len(FEATURES)
         want = {"w1": (n, hidden, f), "b1": (n, hidden), "w2": (n, hidden), "b2": (n,)}
     else:
         want = {"sigma": (n,)}
@@ -247,6 +252,9 @@ def _check_weights(weights: Mapping[str, torch.Tensor], n: int, schema: Mapping,
         if tuple(weights[k].shape) != shape:
             raise ConfigError(f"{where}: policy weight {k!r} has shape {list(weights[k].shape)}, "
                               f"expected {list(shape)} for {n} blocks")
+    bad = [k for k in want if not bool(torch.isfinite(weights[k]).all())]
+    if bad:
+        raise ConfigError(f"{where}: policy weights {', '.join(bad)} hold NaN or inf; the policy file is damaged")
     if kind == KIND_SCALE:
         sig = weights["sigma"].detach().double()
         if not bool(torch.isfinite(sig).all()) or not bool((sig > 0).all()):
@@ -291,6 +299,9 @@ def load_policy(path: str | Path) -> Policy:
     except (SafetensorError, OSError, ValueError) as e:
         raise ConfigError(f"zo-finetuner: {d / WEIGHTS_FILE} is not a readable safetensors file "
                           f"({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(schema.get("blocks"), list) or not schema["blocks"]:
+        raise ConfigError(f"zo-finetuner: {d / SCHEMA_FILE} lists no blocks (it must name the tensors it was "
+                          f"trained for)")
     _check_weights(weights, len(schema["blocks"]), schema, f"zo-finetuner: {d}")
     return Policy(schema, {k: weights[k].float() for k in weight_keys(kind)}, str(d))
 
