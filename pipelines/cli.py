@@ -297,8 +297,6 @@ def run_data_options(f):
 @run_data_options
 @click.option("--set", "settings", multiple=True, help="other fine-tune option KEY=VALUE (e.g. max_length=256)")
 @click.option("--resume", is_flag=True, default=None, help="continue the interrupted sweep --storage/--name")
-@click.option("--crash-after-steps", type=int, hidden=True)
-@click.option("--interrupt-after-evals", type=int, hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="print a one-line JSON summary last")
 @friendly
 def sweep(objectives, settings, as_json, batch_size, eval_every, num_train, num_dev, num_test, data_dir, device,
@@ -451,7 +449,7 @@ def bench_data_parallel(model, task, method, batch_size, steps, workers_, thread
 @friendly
 def bench_sweep_overhead(model, task, method, trials, steps, data_dir, as_json):
     """Wall time of N short trials through Ray Tune vs the same trials run directly (one run, as a ratio)."""
-    from pipelines.sweep import sweep_overhead
+    from pipelines.bench import sweep_overhead
 
     out = sweep_overhead(model=model, task=task, method=method, trials=trials, steps=steps, data_dir=data_dir)
     emit_json(out) if as_json else click.echo(json.dumps(out, indent=1))

@@ -277,7 +277,7 @@ def execute_local(todo: list[RunSpec], parent_id: str, uri: str, threads: int, p
 def execute_ray(todo: list[RunSpec], parent_id: str, uri: str, resources: dict, progress) -> None:
     import ray
 
-    from .sweep import _ray_connect
+    from .raytools import connect as _ray_connect
 
     started = _ray_connect()
     try:

@@ -78,7 +78,7 @@ def _run_one(cfg, label: str, params: dict, seed: int, out_dir: Path, uri: str, 
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
     else:
-        seeded = cfg.model_copy(update={"seed": seed, "crash_after_steps": None})
+        seeded = cfg.model_copy(update={"seed": seed})
         try:
             summary = run_trial(seeded, params, out_dir, trial_key=f"confirm-{label}-s{seed}", tracking_uri=uri,
                                 parent_run_id=parent_run_id, report=lambda m: False,

@@ -3,12 +3,14 @@ module), both backends, MLflow contents (SQLite, and one real ``mlflow server``)
 interrupt + ``--resume``, a crashed trial retried from its checkpoint, bad input
 rejected before Ray starts."""
 import json
+import signal
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 import zoplatform
+from pipelines import raytools
 from pipelines.cli import main as cli
 from tests.conftest import mlflow_server
 from zoplatform.data import resolve_data_dir
@@ -38,6 +40,26 @@ def sweep(tmp_path, *args, uri=None):
             summary = json.loads(line)
             break
     return res.exit_code, summary, res.output
+
+
+def no_ray_here():
+    raise AssertionError("Ray was started")
+
+
+def once_at(n: int, ctrl_c):
+    """A hook that does what Ctrl-C does at its n-th call, once (a resumed sweep in the same test runs on):
+    ``ctrl_c`` is an exception to raise, or a signal to send to this process."""
+    calls = {"n": 0}
+
+    def hook(*_):
+        calls["n"] += 1
+        if calls["n"] == n:
+            if isinstance(ctrl_c, signal.Signals):
+                signal.raise_signal(ctrl_c)
+            else:
+                raise ctrl_c
+
+    return hook
 
 
 def runs_of(uri, parent_run_id):
@@ -81,12 +103,10 @@ BAD = [
 
 @pytest.mark.parametrize("args,msg", BAD, ids=[m for _, m in BAD])
 def test_bad_input_is_one_line_and_fails_before_ray_starts(args, msg, tmp_path, monkeypatch):
-    import pipelines.sweep as sw
-
     def no_ray():
         raise AssertionError("Ray was started for bad input")
 
-    monkeypatch.setattr(sw, "_ray_connect", no_ray)
+    monkeypatch.setattr(raytools, "connect", no_ray)
     args = [_space(tmp_path, a[6:]) if a.startswith("SPACE:") else a for a in args]
     code, _, out = sweep(tmp_path, *args)
     lines = [ln for ln in out.strip().splitlines() if ln.strip()]
@@ -97,13 +117,14 @@ def test_bad_input_is_one_line_and_fails_before_ray_starts(args, msg, tmp_path, 
 
 # ----------------------------------------------------------------------------- Optuna backend (no Ray)
 def test_optuna_backend_gives_the_same_contract_and_resumes(tmp_path, uri, monkeypatch):
-    import pipelines.sweep as sw
+    from pipelines.sweep import optuna_backend
 
-    monkeypatch.setattr(sw, "_ray_connect", lambda: (_ for _ in ()).throw(AssertionError("no Ray here")))
+    monkeypatch.setattr(raytools, "connect", no_ray_here)
     common = ["--backend", "optuna", "--trials", "2", "--max-concurrent", "1", "--grace-period", "4",
               "--reduction-factor", "2"]
     # Ctrl-C at the first trial's second evaluation (step 2 of 4)
-    code, s, out = sweep(tmp_path, *common, "--interrupt-after-evals", "2")
+    monkeypatch.setattr(optuna_backend, "on_report", once_at(2, ctrl_c=KeyboardInterrupt))
+    code, s, out = sweep(tmp_path, *common)
     assert code == 130 and s["status"] == "interrupted" and "--resume" in s["resume_with"], out
     _, _, (cut,) = runs_of(uri, s["parent_run_id"])
     assert cut.info.status == "KILLED"
@@ -153,13 +174,13 @@ def test_a_trial_stopped_from_outside_leaves_its_run_to_the_driver(tmp_path, uri
     showed as stopped early instead of KILLED). The driver ends it: FINISHED if the scheduler stopped it."""
     from mlflow import MlflowClient
 
-    from pipelines.sweep import _trial_tracker, end_child, reconcile_children
+    from pipelines.sweep import TrialTracker, end_child, reconcile_children
 
     client = MlflowClient(uri)
     parent = client.create_run(client.create_experiment("x")).info.run_id
     run_ids = []
     for name in ("cut-off", "asha-stopped"):
-        t = _trial_tracker(out_dir=tmp_path, tags={"ray_trial_id": name}, tracking_uri=uri, experiment="x",
+        t = TrialTracker(out_dir=tmp_path, tags={"ray_trial_id": name}, tracking_uri=uri, experiment="x",
                            run_name=name, parent_run_id=parent, system_metrics=False)
         t.start({"lr": 1e-3})
         t.handed_over = True
@@ -176,10 +197,13 @@ def test_a_trial_stopped_from_outside_leaves_its_run_to_the_driver(tmp_path, uri
 
 
 @pytest.mark.slow
-def test_interrupted_sweep_resumes_without_duplicate_or_running_runs(tmp_path, uri, ray_session):
+def test_interrupted_sweep_resumes_without_duplicate_or_running_runs(tmp_path, uri, ray_session, monkeypatch):
+    from pipelines.sweep import ray_backend
+
     args = ["--trials", "3", "--max-concurrent", "2", "--scheduler", "none"]
     # Ctrl-C at the third evaluation reported (both running trials are mid-run)
-    code, s, out = sweep(tmp_path, *args, "--interrupt-after-evals", "3")
+    monkeypatch.setattr(ray_backend, "on_result", once_at(3, ctrl_c=signal.SIGINT))
+    code, s, out = sweep(tmp_path, *args)
     assert code == 130 and s["status"] == "interrupted", out
     _, parent, children = runs_of(uri, s["parent_run_id"])
     assert parent.info.status == "KILLED" and "--resume" in parent.data.tags["zo.end_reason"]
@@ -200,11 +224,18 @@ def test_interrupted_sweep_resumes_without_duplicate_or_running_runs(tmp_path, u
 
 
 @pytest.mark.slow
-def test_crashed_trial_is_retried_from_its_checkpoint_to_the_same_weights(tmp_path, uri, ray_session):
+def test_crashed_trial_is_retried_from_its_checkpoint_to_the_same_weights(tmp_path, uri, ray_session, monkeypatch):
     from pipelines.finetune import load_config, run
+    from pipelines.sweep import trial
 
-    code, s, out = sweep(tmp_path, "--trials", "1", "--steps", "6", "--scheduler", "none", "--max-failures", "1",
-                         "--crash-after-steps", "3")
+    def crash_once_after_3_steps(out_dir, steps):  # a closure: shipped to the Ray workers by value
+        marker = out_dir / ".crashed_once"
+        if steps == 3 and not marker.exists():
+            marker.touch()
+            raise RuntimeError("simulated crash after 3 steps")
+
+    monkeypatch.setattr(trial, "after_step", crash_once_after_3_steps)
+    code, s, out = sweep(tmp_path, "--trials", "1", "--steps", "6", "--scheduler", "none", "--max-failures", "1")
     assert code == 0 and s["counts"] == {"finished": 1, "stopped_early": 0, "failed": 0, "interrupted": 0}, out
     trial_dir = Path(s["best"]["trial_dir"])
     assert (trial_dir / ".crashed_once").exists()  # it did crash once
@@ -244,9 +275,7 @@ def test_bench_sweep_overhead_reports_a_ratio(ray_session):
 
 # ----------------------------------------------------------------------------- --confirm-seeds
 def test_confirm_seeds_reruns_the_best_and_the_default_on_fresh_seeds_and_pairs_them(tmp_path, uri, monkeypatch):
-    import pipelines.sweep as sw
-
-    monkeypatch.setattr(sw, "_ray_connect", lambda: (_ for _ in ()).throw(AssertionError("no Ray here")))
+    monkeypatch.setattr(raytools, "connect", no_ray_here)
     # 2 trials = the space's two defaults; both confirmed, one of them is the default itself.  Large steps, so the
     # tiny random model's predictions differ between the two settings
     space = _space(tmp_path, "method: mezo\nparams:\n  lr: {dist: log_uniform, low: 1.0e-4, high: 1.0}\n"
@@ -299,9 +328,7 @@ def test_confirm_seeds_reruns_the_best_and_the_default_on_fresh_seeds_and_pairs_
                                          "high: 1.0e-4}\n"], "has no defaults"),
 ])
 def test_bad_confirm_options_are_one_line_before_anything_runs(args, msg, tmp_path, monkeypatch):
-    import pipelines.sweep as sw
-
-    monkeypatch.setattr(sw, "_ray_connect", lambda: (_ for _ in ()).throw(AssertionError("Ray started")))
+    monkeypatch.setattr(raytools, "connect", no_ray_here)
     args = [_space(tmp_path, a[6:]) if a.startswith("SPACE:") else a for a in args]
     code, _, out = sweep(tmp_path, *args)
     lines = [ln for ln in out.strip().splitlines() if ln.strip()]

@@ -174,6 +174,11 @@ class MlflowTracker:
         for i in range(0, len(buf), 1000):
             self.client.log_batch(self.run_id, metrics=buf[i:i + 1000])
 
+    def discard_pending(self) -> None:
+        """Drop the metrics logged since the last :meth:`flush` (a run whose later steps will be logged again,
+        e.g. by a resumed attempt from the last checkpoint)."""
+        self._buf.clear()
+
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))

@@ -1,0 +1,208 @@
+"""Ray backend: ``Tuner`` + ``OptunaSearch`` (seeded TPE, the papers' defaults as ``points_to_evaluate``) in a
+``ConcurrencyLimiter``, ASHA with forward passes as its time attribute, ``with_resources``, ``FailureConfig``
+retries, trajectories as Tune checkpoints, ``Tuner.restore`` for ``--resume``.
+
+What the driver learns about each trial is kept where a restored sweep finds it again: Tune's results (errors,
+last metrics) and, for a trial the scheduler stopped, a marker file in the trial's directory written by
+:class:`SweepCallback`.  Nothing lives in module state.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ray.tune import Callback
+
+from zoplatform.errors import ConfigError
+
+from . import trial as trial_core
+from .config import SweepConfig, planned_forward_passes, resume_hint, sweep_name
+from .optuna_backend import optuna_storage
+from .results import end_child, make_row, reconcile_children, tracking_client
+from .trial import STATE_FILES, StoppedByBackend, run_trial
+
+STOPPED_FILE = "stopped_early"  # in a trial's directory: the scheduler stopped it (its text: why)
+
+
+def on_result(trial_id: str, result: dict) -> None:
+    """Called in the driver for every result a trial reports (a seam for tests: they monkeypatch it to interrupt
+    the sweep, as Ctrl-C does, at a chosen point)."""
+
+
+def _progress(d: Path) -> int:
+    import json
+
+    try:
+        return int(json.loads((d / "state.json").read_text())["history"]["steps_done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
+def _adopt_checkpoint(src: Path, out_dir: Path) -> None:
+    """Take the Tune checkpoint's trajectory unless out_dir (shared storage) is further along."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if _progress(src) > _progress(out_dir):
+        for f in STATE_FILES:
+            if (src / f).is_file():
+                shutil.copy2(src / f, out_dir / f)
+
+
+def trainable(config: dict, sweep: dict, ctx: dict):
+    """The Tune trainable: one trial through the objective core, trajectories as checkpoints."""
+    import torch
+    from ray import tune
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cfg = SweepConfig(**sweep)
+    res = ctx["resources"]
+    torch.set_num_threads(max(1, int(res["cpu"])))
+    if 0 < res["gpu"] < 1 and torch.cuda.is_available():  # fractions are logical: cap this trial's memory
+        torch.cuda.set_per_process_memory_fraction(res["gpu"])
+    trial_id = tune.get_context().get_trial_id()
+    out_dir = Path(ctx["trials_dir"]) / trial_id
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:  # a retry or a restore: continue from the trajectory
+        with ckpt.as_directory() as d:
+            _adopt_checkpoint(Path(d), out_dir)
+
+    def report_with_checkpoint(metrics: dict) -> bool:
+        with tempfile.TemporaryDirectory() as d:
+            for f in STATE_FILES:
+                if (out_dir / f).is_file():
+                    shutil.copy2(out_dir / f, Path(d) / f)
+            try:
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            except SystemExit:  # Ray stops a trial this way: see trial.StoppedByBackend
+                raise StoppedByBackend(trial_id) from None
+        return False  # Ray's scheduler stops trials itself
+
+    try:
+        s = run_trial(cfg, dict(config), out_dir, trial_key=trial_id, tracking_uri=ctx["tracking_uri"],
+                      parent_run_id=ctx["parent_run_id"], report=report_with_checkpoint,
+                      extra_tags={"ray_trial_id": trial_id}, step_hook=ctx.get("after_step"))
+        report_with_checkpoint({"best_dev_accuracy": s["best_dev_accuracy"],
+                                "dev_loss": s["final_dev_loss"], "forward_passes": s["forward_passes"],
+                                "test_accuracy": s["test_accuracy"], "done_training": 1,
+                                "mlflow_run_id": s["mlflow_run_id"], "trial_dir": str(out_dir)})
+    except StoppedByBackend:
+        raise SystemExit(0) from None  # how Ray's thread runner expects a stopped trial to end
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+class SweepCallback(Callback):
+    """Driver side: marks and ends the run of a trial the scheduler stopped, and calls :func:`on_result`.
+
+    A module-level class, so the experiment state pickles it by reference: a restored sweep runs this code, with
+    the attributes it was made with (the trials directory and the tracking URI)."""
+
+    def __init__(self, trials_dir: str, tracking_uri: str):
+        self.trials_dir, self.tracking_uri = trials_dir, tracking_uri
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        on_result(trial.trial_id, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        if last.get("done_training"):  # it finished training and ended its run itself
+            return
+        d = Path(self.trials_dir) / trial.trial_id
+        d.mkdir(parents=True, exist_ok=True)
+        (d / STOPPED_FILE).write_text("stopped early by the scheduler")
+        if last.get("mlflow_run_id"):  # its run is still RUNNING: it was handed over to the driver
+            end_child(tracking_client(self.tracking_uri), last["mlflow_run_id"], "FINISHED", "stopped early by the scheduler",
+                      only_running=True)
+
+
+def run_ray(cfg: SweepConfig, space, resources, objectives, sweep_dir: Path, ctx: dict, resume: bool):
+    """Tuner + OptunaSearch + ASHA; returns (rows, interrupted)."""
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    import search_spaces
+
+    total = ray.cluster_resources()
+    for k, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
+        if resources[k] > total.get(ray_key, 0):
+            raise ConfigError(f"--resources {k}={resources[k]:g} per trial, but the Ray cluster has "
+                              f"{total.get(ray_key, 0):g} {ray_key}s")
+    trials_dir = Path(ctx["trials_dir"])
+    fn = tune.with_resources(
+        tune.with_parameters(trainable, sweep=cfg.model_dump(),
+                             ctx=ctx | {"resources": resources, "after_step": trial_core.after_step}),
+        {"cpu": resources["cpu"], "gpu": resources["gpu"]})
+
+    if resume:
+        tuner = Tuner.restore(str(sweep_dir), fn, resume_unfinished=True, resume_errored=True)
+    else:
+        metric = [m for _, m, _ in objectives] if len(objectives) > 1 else objectives[0][1]
+        mode = [d for _, _, d in objectives] if len(objectives) > 1 else objectives[0][2]
+        searcher = OptunaSearch(space=functools.partial(search_spaces.sample, space), metric=metric, mode=mode,
+                                sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+                                points_to_evaluate=search_spaces.to_points(space) or None,
+                                study_name=sweep_name(cfg), storage=optuna_storage(cfg, sweep_dir, ray_backend=True))
+        scheduler = None
+        if cfg.scheduler == "asha":
+            budget = planned_forward_passes(cfg, space)
+            scheduler = ASHAScheduler(time_attr="forward_passes", metric=objectives[0][1], mode=objectives[0][2],
+                                      max_t=4 * budget, grace_period=cfg.grace_period or max(1, budget // 10),
+                                      reduction_factor=cfg.reduction_factor)
+        tuner = Tuner(
+            fn,
+            tune_config=TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.max_concurrent),
+                                   scheduler=scheduler, num_samples=cfg.trials, time_budget_s=cfg.time_budget_s,
+                                   trial_dirname_creator=trial_dirname,
+                                   # CPU trials reuse worker processes (no re-import per trial); GPU
+                                   # trials get a fresh process each, so no memory is carried over
+                                   reuse_actors=resources["gpu"] == 0),
+            run_config=RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent),
+                                 failure_config=FailureConfig(max_failures=cfg.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=None),  # tiny trajectories
+                                 callbacks=[SweepCallback(str(trials_dir), ctx["tracking_uri"])]),
+        )
+    t_fit = time.monotonic()
+    grid = tuner.fit()
+    # fewer trials ended than asked: interrupted, unless the time budget ended the sweep
+    budget_hit = cfg.time_budget_s is not None and time.monotonic() - t_fit >= cfg.time_budget_s
+    interrupted = grid.num_terminated + grid.num_errors < cfg.trials and not budget_hit
+    rows, errored, stopped = [], set(), set()
+    for r in grid:
+        m = dict(r.metrics or {})
+        tid = Path(r.path).name
+        if (trials_dir / tid / STOPPED_FILE).is_file():
+            stopped.add(tid)
+        if r.error is not None:
+            status = "failed"
+            errored.add(tid)
+        elif m.get("done_training"):
+            status = "finished"
+        elif tid in stopped or not interrupted:
+            status = "stopped_early"
+        else:
+            status = "interrupted"
+        rows.append(make_row(tid, dict(r.config or {}), status, m, trials_dir / tid))
+
+    def classify(run) -> tuple[str, str]:
+        tid = run.data.tags.get("ray_trial_id", "")
+        if tid in errored:
+            return "FAILED", "trial failed after its retries (see the Ray trial error)"
+        if tid in stopped:
+            return "FINISHED", "stopped early by the scheduler"
+        return "KILLED", resume_hint(cfg)
+
+    reconcile_children(ctx["tracking_uri"], ctx["parent_run_id"], classify)
+    return rows, interrupted

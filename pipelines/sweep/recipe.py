@@ -1,0 +1,135 @@
+"""The sweep recipe: validate, open the driver state, run the trials on one backend, then the results."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from zoplatform.errors import ConfigError
+
+from .config import NOT_PERSISTED, SweepConfig, check_inputs, resume_hint, trial_finetune_config
+from .optuna_backend import run_optuna
+from .plots import make_plots
+from .results import importances, pareto_front, pick_best, write_table
+
+
+def run(cfg: SweepConfig) -> dict[str, Any]:
+    """Run (or, with ``resume``, continue) a sweep; returns the JSON summary."""
+    from zoplatform.tracking import ending
+    from zoplatform.tracking.mlflow import MlflowTracker, resolve_tracking_uri
+
+    t0 = time.perf_counter()
+    # 1. validate: nothing below starts before this passes -----------------------
+    space, resources, objectives, sweep_dir = check_inputs(cfg)
+    state_path = sweep_dir / "sweep.json"
+    resume = cfg.resume
+    if resume and not state_path.is_file():
+        raise ConfigError(f"--resume: no sweep {sweep_dir.name!r} in {sweep_dir.parent} (no {state_path})")
+    if not resume and state_path.is_file():
+        raise ConfigError(f"sweep {sweep_dir.name!r} already exists in {sweep_dir.parent}; pass --resume to "
+                          f"continue it, or --name for a new sweep")
+    if resume and cfg.backend == "ray" and not (sweep_dir / "tuner.pkl").is_file():
+        raise ConfigError(f"--resume: {sweep_dir} holds no Ray Tune experiment to restore; start a new sweep "
+                          f"with another --name")
+    from zoplatform.models import PACKAGED, prepare_packaged
+
+    if cfg.model in PACKAGED:  # once on the driver, not by every trial at the same time
+        prepare_packaged(cfg.model)
+    uri = resolve_tracking_uri(cfg.tracking_uri)
+
+    # 2. driver state: sweep dir, MLflow experiment and parent run ----------------
+    saved = json.loads(state_path.read_text()) if resume else {}
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    parent = MlflowTracker(tracking_uri=uri, experiment=cfg.experiment, run_name=sweep_dir.name,
+                           run_id=saved.get("parent_run_id"), system_metrics=False)
+    persisted = cfg.model_dump(exclude=NOT_PERSISTED)
+    parent.start({**persisted, "space": space.raw, "space_source": space.source},
+                 tags={"zo.kind": "sweep", "zo.sweep": sweep_dir.name, "backend": cfg.backend,
+                       "scheduler": cfg.scheduler, "method": cfg.method, "task": cfg.task, "model": cfg.model,
+                       "objectives": ",".join(cfg.objectives)})
+    if not resume:
+        state_path.write_text(json.dumps({"config": persisted, "parent_run_id": parent.run_id,
+                                          "tracking_uri": uri, "created": time.time()}, indent=1, default=str))
+    else:
+        parent.set_tags({"zo.resumed": str(int(time.time()))})
+    ctx = {"tracking_uri": uri, "parent_run_id": parent.run_id, "trials_dir": str(sweep_dir / "trials")}
+
+    started_ray = False
+    try:
+        with ending(parent, resume_hint(cfg)) as run_end:
+            # 3-4. the trials, on one backend --------------------------------------
+            if cfg.backend == "ray":
+                from pipelines import raytools
+
+                from .ray_backend import run_ray
+
+                started_ray = raytools.connect()
+                rows, interrupted = run_ray(cfg, space, resources, objectives, sweep_dir, ctx, resume)
+            else:
+                rows, interrupted = run_optuna(cfg, space, objectives, sweep_dir, ctx, resume)
+
+            # 5. results: table, best config, plots, importances -> parent-run artifacts
+            out = sweep_dir / "results"
+            out.mkdir(exist_ok=True)
+            best = pick_best(rows, objectives)
+            front = pareto_front(rows, objectives) if len(objectives) > 1 else []
+            try:
+                imps = importances(rows, space, objectives)
+            except Exception as e:  # noqa: BLE001 - too few or constant trials: no importances, say why
+                imps = {}
+                parent.set_tags({"zo.importances": f"not computed: {type(e).__name__}: {e}"[:500]})
+            files = [write_table(rows, space, out / "results.csv")]
+            (out / "results.json").write_text(json.dumps([{k: v for k, v in r.items()} for r in rows], indent=1))
+            files.append(out / "results.json")
+            if best is not None:
+                ft = trial_finetune_config(cfg, best["params"], out_dir=Path(best["trial_dir"]), resume=False,
+                                           run_name=f"{sweep_dir.name}-best", tracking_uri=None, parent_run_id=None)
+                best_cfg = ft.model_dump(exclude={"out_dir", "resume", "tracking_uri", "parent_run_id", "run_name",
+                                                  "progress", "tracking"})
+                import yaml
+
+                (out / "best_config.yaml").write_text(
+                    f"# best trial {best['trial']} of sweep {sweep_dir.name}: zo finetune --config best_config.yaml\n"
+                    + yaml.safe_dump(best_cfg, sort_keys=False))
+                files.append(out / "best_config.yaml")
+            files += make_plots(rows, objectives, imps, out)
+            confirmed = None
+            if cfg.confirm_seeds and not interrupted:  # did tuning help? pipelines/confirm.py
+                from pipelines.confirm import confirm
+
+                confirmed = confirm(cfg, space, rows, objectives, sweep_dir, parent, uri)
+            for f in files:
+                parent.log_artifact(f)
+            counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped_early", "failed",
+                                                                         "interrupted")}
+            metrics = {f"trials_{k}": v for k, v in counts.items()}
+            if best is not None:
+                metrics |= {f"best_{m}": best[m] for _, m, _ in objectives if best.get(m) is not None}
+                if best.get("test_accuracy") is not None:
+                    metrics["best_test_accuracy"] = best["test_accuracy"]
+            parent.log_metrics(metrics, 0)
+            if interrupted:
+                run_end.status, run_end.reason = "KILLED", resume_hint(cfg)
+
+            def public(r):
+                return None if r is None else {k: v for k, v in r.items() if k != "curve"}
+
+            return {
+                "sweep": sweep_dir.name, "status": "interrupted" if interrupted else "finished",
+                "backend": cfg.backend, "scheduler": cfg.scheduler, "method": cfg.method, "task": cfg.task,
+                "model": cfg.model, "trials": cfg.trials, "counts": counts,
+                "objectives": [{"name": n, "metric": m, "mode": d} for n, m, d in objectives],
+                "best": public(best), "pareto": [public(r) for r in front], "importances": imps,
+                "parent_run_id": parent.run_id, "experiment": cfg.experiment, "tracking_uri": uri,
+                "storage": str(sweep_dir), "artifacts": [str(f) for f in files],
+                "wall_time_s": round(time.perf_counter() - t0, 2),
+                **({"resume_with": run_end.reason} if interrupted else {}),
+                **({"confirm": confirmed} if confirmed else {}),
+            }
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+

@@ -1,0 +1,126 @@
+"""The objective core shared by both backends: one trial = one :func:`pipelines.finetune.run` in the trial's own
+out_dir, logged to a child run of the sweep's parent run.
+
+The contract with the fine-tune recipe is its two hooks: ``on_eval(step, metrics, history)`` after every dev
+evaluation (once the checkpoint is written) and ``should_stop()`` after every step.  The trial reports to its
+backend from ``on_eval``; a backend that wants the trial to end early says so by the report's return value
+(Optuna's pruner), or stops it from outside (Ray: see :class:`StoppedByBackend`).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from zoplatform.tracking.mlflow import MlflowTracker
+
+from .config import SweepConfig, sweep_name, trial_finetune_config
+
+STATE_FILES = ("state.json", "trajectory.jsonl")
+RUN_ID_FILE = "mlflow_run_id"
+
+
+class StoppedByBackend(BaseException):  # not an error: the backend ended the trial
+    """The backend stopped this trial from outside while it reported.
+
+    Ray forces this: ``tune.report`` raises ``SystemExit(0)`` in a trial whose actor Tune stops (an ASHA stop and
+    an interrupted sweep alike; the trial cannot tell which).  The Ray adapter turns that into this exception for
+    the objective core (a BaseException, so no ``except Exception`` on the way swallows it) and back into
+    ``SystemExit(0)`` at the trainable's edge, which is how Ray's thread runner expects a stopped trial to end."""
+
+
+def after_step(out_dir: Path, steps: int) -> None:
+    """Called after every training step of a trial with the steps done in this attempt (a seam for tests, which
+    monkeypatch it to make a trial fail mid-run; the Ray backend ships the function to its workers)."""
+
+
+class TrialTracker(MlflowTracker):
+    """The MLflow tracker of one trial's child run.
+
+    Flushes only at evaluations (when the checkpoint is written), so the metrics in MLflow never run ahead of the
+    checkpoint: a failed attempt drops what it logged since, and its retry logs those steps once.  Writes the run
+    id next to the checkpoint as soon as the run exists.
+
+    ``handed_over``: the backend stopped this trial from outside (:class:`StoppedByBackend`), so the run is left
+    for the driver to end, which knows whether the scheduler stopped it (FINISHED) or the sweep was interrupted
+    (KILLED)."""
+
+    def __init__(self, *, out_dir: Path, tags: dict[str, str], **kw):
+        super().__init__(flush_every=10**9, **kw)
+        self.out_dir, self.extra_tags, self.stopped_early = out_dir, tags, None
+        self.handed_over = False
+
+    def start(self, params, tags=None):
+        resumed = self.run_id is not None
+        super().start(params, {**(tags or {}), **self.extra_tags})
+        (self.out_dir / RUN_ID_FILE).write_text(self.run_id)
+        if resumed:  # the previous attempt's end reason no longer applies
+            try:
+                self.client.delete_tag(self.run_id, "zo.end_reason")
+            except Exception:  # noqa: BLE001, S110 - no such tag
+                pass
+
+    def end(self, status="FINISHED", reason=None, clear_reason=False):
+        if self.handed_over:  # metrics past the last checkpoint are logged again by a resumed attempt
+            self.discard_pending()
+            self.stop_monitor()
+            return
+        if self.stopped_early:
+            self.set_tags({"zo.stopped_early": "true"})
+            status, reason = "FINISHED", self.stopped_early
+        elif status == "FAILED":
+            self.discard_pending()
+        super().end(status, reason, clear_reason=clear_reason)
+
+
+def run_trial(cfg: SweepConfig, params: dict[str, Any], out_dir: Path, *, trial_key: str, tracking_uri: str,
+              parent_run_id: str, report: Callable[[dict], bool], extra_tags: dict[str, str] | None = None,
+              step_hook: Callable[[Path, int], None] | None = None) -> dict:
+    """One trial = one fine-tune in ``out_dir`` logged to a child run of the sweep.
+
+    ``report(metrics)`` is called after every dev evaluation (and its checkpoint)
+    with dev accuracy/loss, the best dev accuracy so far and the forward passes;
+    returning True ends training early (a pruned trial still finishes its run).
+    If ``out_dir`` holds a checkpoint the trial resumes from it, in the same run.
+    ``step_hook`` (default :func:`after_step`) runs after every step.
+    """
+    from pipelines.finetune import run
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved = json.loads((out_dir / "state.json").read_text()) if (out_dir / "state.json").is_file() else None
+    run_id = (saved or {}).get("run_id")
+    if run_id is None and (out_dir / RUN_ID_FILE).is_file():  # failed before its first checkpoint
+        run_id = (out_dir / RUN_ID_FILE).read_text().strip() or None
+    run_name = f"{sweep_name(cfg)}-{trial_key}"
+    ft = trial_finetune_config(cfg, params, out_dir=out_dir, resume=saved is not None, run_name=run_name,
+                               tracking_uri=tracking_uri, parent_run_id=parent_run_id)
+    tracker = TrialTracker(out_dir=out_dir, tracking_uri=tracking_uri, experiment=cfg.experiment,
+                           run_name=run_name, parent_run_id=parent_run_id, run_id=run_id,
+                           tags={"zo.kind": "sweep-trial", "zo.sweep": sweep_name(cfg), "zo.trial": trial_key,
+                                 **(extra_tags or {})})
+    hook = step_hook or after_step
+    stop, steps_here = False, 0
+
+    def on_eval(step, m, history):
+        nonlocal stop
+        metrics = {"step": step, "dev_accuracy": m["dev_accuracy"], "dev_loss": m["dev_loss"],
+                   "best_dev_accuracy": history.best_dev_accuracy, "forward_passes": m["forwards"],
+                   "mlflow_run_id": tracker.run_id, "trial_dir": str(out_dir)}
+        try:
+            stop = bool(report(metrics)) or stop
+        except StoppedByBackend:
+            tracker.handed_over = True  # the driver ends the run FINISHED or KILLED
+            raise
+        if stop:
+            tracker.stopped_early = f"stopped early (pruned) at {m['forwards']} forward passes"
+
+    def should_stop():
+        nonlocal steps_here
+        steps_here += 1
+        hook(out_dir, steps_here)
+        return stop
+
+    summary = run(ft, tracker=tracker, on_eval=on_eval, should_stop=should_stop)
+    summary["stopped_early"] = stop
+    return summary
