@@ -149,3 +149,22 @@ def test_a_step_under_inference_mode_then_outside_it():
         opt.step(lambda: (x ** 2).sum())
     opt.step(lambda: (x ** 2).sum())
     assert opt.steps == 2
+
+
+def test_norm_modules_are_found_by_type_not_by_a_name_substring():
+    from zoplatform.params import is_norm_module
+
+    class LlamaRMSNorm(torch.nn.Module):  # transformers' norms are plain modules: their type name marks them
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(4))
+
+    class Normaliser(torch.nn.Module):  # "norm" inside a name is not enough
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(4))
+
+    net = torch.nn.ModuleDict({"ln": torch.nn.LayerNorm(4), "rms": LlamaRMSNorm(), "not_a_norm": Normaliser(),
+                               "norm_proj": torch.nn.Linear(4, 4, bias=False)})
+    assert is_norm_module(net["ln"]) and is_norm_module(net["rms"]) and not is_norm_module(net["not_a_norm"])
+    assert zoplatform.no_decay_names(net) == {"ln.weight", "ln.bias", "rms.weight"}

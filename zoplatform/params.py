@@ -3,8 +3,9 @@
 A *block* is one trainable parameter tensor (the unit of CurvZO's sampling and
 of ZO Fine-tuner's policy).  :func:`blocks_from_named` selects them; the
 no-decay set is explicit: biases and the weights of normalisation modules
-(found by module type, not by a name substring — MeZO's substring rule decays
-LLaMA's ``model.norm``), plus any names the user adds.
+(found by the module's type — :func:`is_norm_module` — not by a parameter-name
+substring: MeZO's substring rule decays LLaMA's ``model.norm``), plus any names
+the user adds.
 
 :func:`axpy_` is the only place parameters change:
 
@@ -42,13 +43,23 @@ class Block:
         return self.param.numel()
 
 
+_TORCH_NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm, torch.nn.LocalResponseNorm,
+                torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm)
+
+
+def is_norm_module(mod: torch.nn.Module) -> bool:
+    """A normalisation module: one of torch's norm classes, or a class whose *type* name ends in
+    ``Norm`` (transformers' ``LlamaRMSNorm``, ``T5LayerNorm``... are plain ``nn.Module`` subclasses,
+    so their type name is the only mark they carry).  Never a parameter-name substring."""
+    return isinstance(mod, _TORCH_NORMS) or type(mod).__name__.lower().endswith("norm")
+
+
 def no_decay_names(model: torch.nn.Module, extra: Iterable[str] = ()) -> set[str]:
     """Names of parameters exempt from weight decay: every bias, every
-    parameter of a normalisation module (class name containing ``Norm``), and
-    ``extra``."""
+    parameter of a normalisation module (:func:`is_norm_module`), and ``extra``."""
     names = set(extra)
     for mod_name, mod in model.named_modules():
-        is_norm = "norm" in type(mod).__name__.lower()
+        is_norm = is_norm_module(mod)
         for p_name, _ in mod.named_parameters(recurse=False):
             full = f"{mod_name}.{p_name}" if mod_name else p_name
             if is_norm or p_name == "bias" or p_name.endswith("_bias"):
