@@ -1,12 +1,45 @@
-"""Ray for the pipelines (``zo sweep --backend ray``, ``zo compare --backend ray``)."""
+"""Ray for the pipelines (``zo sweep --backend ray``, ``zo compare --backend ray``): connect, and signals.
+
+:func:`connect` either joins the cluster ``RAY_ADDRESS`` names (a bare ``ray.init()``: the cluster decides its
+addresses and auth) or starts a local Ray that is reachable from this machine only:
+
+- **loopback only**: every Ray service of a local start (GCS, raylet, object manager, workers, runtime-env agent)
+  listens on 127.0.0.1.  Ray 2.60 rewrites ``ray.init(_node_ip_address="127.0.0.1")`` to the node's routable
+  address (``services.resolve_ip_for_localhost``: "Make sure localhost isn't resolved to the loopback ip") unless
+  its cluster mode is off, and without it the gRPC servers listen on all interfaces (verified with ``ss -ltnp``);
+  so a local start turns Ray's private ``ray_constants.ENABLE_RAY_CLUSTER`` off for the duration of
+  ``ray.init`` (the switch Ray itself uses on macOS and Windows).  ``tests/test_sweep.py`` checks the listening
+  sockets, so a Ray upgrade that changes this fails there, not silently.
+- **no dashboard** (``include_dashboard=False``: no web UI, no job-submission endpoint).
+- **SIGTERM = SIGINT**: ``ray.init`` replaces the process's SIGTERM handler with one that kills Ray's processes
+  and calls ``sys.exit(1)`` (so a ``kill``ed sweep driver ended FAILED with ``SystemExit: 1`` and left its trials'
+  runs RUNNING).  :func:`connect` puts back a handler that does what Ctrl-C does at that moment: inside
+  ``Tuner.fit`` Tune's own SIGINT handler (save the experiment, stop the trials, return), elsewhere
+  ``KeyboardInterrupt``.
+"""
 from __future__ import annotations
 
 import os
+import signal
+
+LOOPBACK = "127.0.0.1"
+
+
+def sigterm_as_sigint(signum, frame) -> None:
+    """A SIGTERM handler that does what SIGINT would do now (Tune's handler during ``fit``, else Ctrl-C)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:  # SIGINT ignored (a background job of a non-interactive shell) or default: still stop, as Ctrl-C
+        raise KeyboardInterrupt("SIGTERM")
 
 
 def connect() -> bool:
-    """Connect to ``RAY_ADDRESS`` (bare ``ray.init()``) or start a local Ray sized to
-    the machine.  Returns whether this call started it (and should shut it down)."""
+    """Connect to ``RAY_ADDRESS`` or start a local, loopback-only Ray without a dashboard, sized to the machine.
+
+    Returns whether this call started Ray (the caller then shuts it down)."""
+    import threading
+
     import ray
 
     if ray.is_initialized():
@@ -15,5 +48,14 @@ def connect() -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(include_dashboard=False)
+        from ray._private import ray_constants  # private: see the module docstring
+
+        cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        try:
+            ray.init(include_dashboard=False, _node_ip_address=LOOPBACK)
+        finally:
+            ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, sigterm_as_sigint)
     return True

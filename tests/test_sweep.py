@@ -273,6 +273,113 @@ def test_bench_sweep_overhead_reports_a_ratio(ray_session):
     assert out["ratio"] > 0 and out["direct_s"] > 0 and out["trials"] == 1
 
 
+# ----------------------------------------------------------------------------- signals, local Ray services
+def _env() -> dict:
+    """A driver subprocess's environment: a local Ray (no cluster), token auth from the environment (nothing
+    written to $HOME)."""
+    import os
+    import secrets
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return env | {"RAY_AUTH_TOKEN": secrets.token_hex(16), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+                  "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
+
+
+LOCAL_RAY_SOCKETS = """
+import json, urllib.request
+import psutil, ray
+from pipelines import raytools
+
+assert raytools.connect()  # starts a local Ray
+@ray.remote
+def node_ip():
+    return ray.util.get_node_ip_address()
+
+listening = []
+for p in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+    try:
+        listening += [(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections("inet")
+                      if c.status == psutil.CONN_LISTEN]
+    except psutil.Error:
+        pass
+dashboards = []
+for _, ip, port in listening:  # Ray's dashboard answers /api/version; its gRPC and raylet ports do not
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=3) as r:
+            dashboards.append((port, r.status))
+    except Exception:
+        pass
+print(json.dumps({"node_ip": ray.get(node_ip.remote()), "listening": listening, "dashboards": dashboards}))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_local_ray_listens_on_loopback_only_and_has_no_dashboard(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", LOCAL_RAY_SOCKETS], capture_output=True, text=True, timeout=300, check=False,
+                         env=_env(), cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["node_ip"] == "127.0.0.1"
+    names = {n for n, _, _ in out["listening"]}
+    assert {"gcs_server", "raylet"} <= names, out  # the services were found, and:
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for _, ip, _ in out["listening"]), out["listening"]
+    assert out["dashboards"] == []
+
+
+def _wait_for_a_trial_step(sweep_dir: Path, proc, timeout_s: float = 400) -> None:
+    import time
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        for f in sweep_dir.glob("*/trials/*/state.json"):
+            try:
+                if json.loads(f.read_text())["history"]["steps_done"] >= 2:
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.5)
+    raise AssertionError("no trial reached step 2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["optuna", "ray"])
+def test_sigterm_to_the_driver_ends_the_sweep_as_ctrl_c_does(backend, tmp_path, uri):
+    """`kill` (SIGTERM) of a sweep driver = Ctrl-C: exit 130, the parent KILLED with the resume command, the cut-off
+    trials KILLED (none left RUNNING). Before: on the Ray backend, ray.init's own SIGTERM handler aborted the
+    driver (parent FAILED with SystemExit: 1, trials left RUNNING)."""
+    import signal as sig
+    import subprocess
+    import sys
+
+    args = list(TINY)
+    args[args.index("--steps") + 1], args[args.index("--eval-every") + 1] = "400", "20"  # the signal lands mid-trial
+    cmd = [sys.executable, "-m", "pipelines.cli", "sweep", *args, "--backend", backend, "--trials", "2",
+           "--max-concurrent", "2" if backend == "ray" else "1", "--scheduler", "none",
+           "--storage", str(tmp_path / "sweeps"), "--tracking-uri", uri, "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            cwd=Path(__file__).resolve().parents[1])
+    try:
+        _wait_for_a_trial_step(tmp_path / "sweeps", proc)
+        proc.send_signal(sig.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    s = json.loads([ln for ln in stdout.splitlines() if ln.startswith("{")][-1])
+    assert s["status"] == "interrupted" and "zo sweep --resume" in s["resume_with"]
+    _, parent, children = runs_of(uri, s["parent_run_id"])
+    assert parent.info.status == "KILLED" and "zo sweep --resume" in parent.data.tags["zo.end_reason"]
+    assert children and "RUNNING" not in {r.info.status for r in children}
+    killed = [r for r in children if r.info.status == "KILLED"]
+    assert killed and all("zo sweep --resume" in r.data.tags["zo.end_reason"] for r in killed)
+
+
 # ----------------------------------------------------------------------------- --confirm-seeds
 def test_confirm_seeds_reruns_the_best_and_the_default_on_fresh_seeds_and_pairs_them(tmp_path, uri, monkeypatch):
     monkeypatch.setattr(raytools, "connect", no_ray_here)

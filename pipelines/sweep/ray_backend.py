@@ -8,10 +8,13 @@ last metrics) and, for a trial the scheduler stopped, a marker file in the trial
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -123,6 +126,39 @@ class SweepCallback(Callback):
                       only_running=True)
 
 
+@contextlib.contextmanager
+def interrupt_flag():
+    """Ctrl-C during ``Tuner.fit`` (and SIGTERM, which :mod:`pipelines.raytools` routes to the SIGINT handler),
+    remembered by the driver, then handed to Tune as SIGUSR1, which Tune's handler always listens to (it saves
+    the experiment, stops the trials and returns from ``fit``); a second Ctrl-C raises KeyboardInterrupt.
+
+    Tune's own answer cannot tell an interrupted sweep from a finished one: at the end of an interrupted ``fit``
+    it marks the trials it stopped TERMINATED, so ``ResultGrid.num_terminated`` counts them as ended (a SIGTERM'd
+    2-trial sweep once reported ``finished`` with exit 0)."""
+    state = {"interrupted": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def on_sigint(signum, frame):
+        if state["interrupted"]:
+            raise KeyboardInterrupt
+        state["interrupted"] = True
+        signal.raise_signal(signal.SIGUSR1)
+
+    env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # SIGINT stays ours; Tune installs only its SIGUSR1 handler
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
+
+
 def run_ray(cfg: SweepConfig, space, resources, objectives, sweep_dir: Path, ctx: dict, resume: bool):
     """Tuner + OptunaSearch + ASHA; returns (rows, interrupted)."""
     import optuna
@@ -175,10 +211,11 @@ def run_ray(cfg: SweepConfig, space, resources, objectives, sweep_dir: Path, ctx
                                  callbacks=[SweepCallback(str(trials_dir), ctx["tracking_uri"])]),
         )
     t_fit = time.monotonic()
-    grid = tuner.fit()
-    # fewer trials ended than asked: interrupted, unless the time budget ended the sweep
+    with interrupt_flag() as flag:
+        grid = tuner.fit()
+    # interrupted, or fewer trials ended than asked (unless the time budget ended the sweep)
     budget_hit = cfg.time_budget_s is not None and time.monotonic() - t_fit >= cfg.time_budget_s
-    interrupted = grid.num_terminated + grid.num_errors < cfg.trials and not budget_hit
+    interrupted = flag["interrupted"] or (grid.num_terminated + grid.num_errors < cfg.trials and not budget_hit)
     rows, errored, stopped = [], set(), set()
     for r in grid:
         m = dict(r.metrics or {})

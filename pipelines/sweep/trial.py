@@ -15,7 +15,7 @@ from typing import Any
 
 from zoplatform.tracking.mlflow import MlflowTracker
 
-from .config import SweepConfig, sweep_name, trial_finetune_config
+from .config import SweepConfig, resume_hint, sweep_name, trial_finetune_config
 
 STATE_FILES = ("state.json", "trajectory.jsonl")
 RUN_ID_FILE = "mlflow_run_id"
@@ -44,12 +44,14 @@ class TrialTracker(MlflowTracker):
 
     ``handed_over``: the backend stopped this trial from outside (:class:`StoppedByBackend`), so the run is left
     for the driver to end, which knows whether the scheduler stopped it (FINISHED) or the sweep was interrupted
-    (KILLED)."""
+    (KILLED).  A trial interrupted in its own process (Ctrl-C, SIGTERM) ends KILLED with ``interrupted_reason``,
+    the sweep's resume command (a trial is continued by resuming its sweep, not by ``zo finetune --resume``)."""
 
-    def __init__(self, *, out_dir: Path, tags: dict[str, str], **kw):
+    def __init__(self, *, out_dir: Path, tags: dict[str, str], interrupted_reason: str | None = None, **kw):
         super().__init__(flush_every=10**9, **kw)
         self.out_dir, self.extra_tags, self.stopped_early = out_dir, tags, None
         self.handed_over = False
+        self.interrupted_reason = interrupted_reason
 
     def start(self, params, tags=None):
         resumed = self.run_id is not None
@@ -71,6 +73,8 @@ class TrialTracker(MlflowTracker):
             status, reason = "FINISHED", self.stopped_early
         elif status == "FAILED":
             self.discard_pending()
+        elif status == "KILLED" and self.interrupted_reason:
+            reason = self.interrupted_reason
         super().end(status, reason, clear_reason=clear_reason)
 
 
@@ -97,6 +101,7 @@ def run_trial(cfg: SweepConfig, params: dict[str, Any], out_dir: Path, *, trial_
                                tracking_uri=tracking_uri, parent_run_id=parent_run_id)
     tracker = TrialTracker(out_dir=out_dir, tracking_uri=tracking_uri, experiment=cfg.experiment,
                            run_name=run_name, parent_run_id=parent_run_id, run_id=run_id,
+                           interrupted_reason=resume_hint(cfg),
                            tags={"zo.kind": "sweep-trial", "zo.sweep": sweep_name(cfg), "zo.trial": trial_key,
                                  **(extra_tags or {})})
     hook = step_hook or after_step
