@@ -93,6 +93,14 @@ def finetune_options(f):
     return f
 
 
+def print_run_link(links: dict | None, what: str = "run") -> None:
+    """At the end of a tracked command, on stderr: the MLflow UI page of its run (stdout's last line stays the
+    JSON summary)."""
+    if links and "run" in links:
+        click.echo(f"MLflow {what}: {links['run']}" + (f"  (UI: {links['start_ui']})" if "start_ui" in links else ""),
+                   err=True)
+
+
 def parse_kv(items) -> dict:
     import yaml
 
@@ -122,6 +130,7 @@ def finetune(config_file, as_json, method_option, **opts):
     summary = run(cfg)
     if under_launcher() and os.environ.get("RANK") != "0":
         return  # one worker reports
+    print_run_link(summary.get("mlflow_ui"))
     if as_json:
         emit_json(summary)
     else:
@@ -377,7 +386,14 @@ def meta_train(config_file, as_json, preset, **opts):
     """Meta-train a ZO Fine-tuner perturbation policy for a base model (first-order, once per model)."""
     from pipelines.meta_train import load_config, run
 
-    summary = run(load_config(config_file, opts, preset))
+    cfg = load_config(config_file, opts, preset)
+    summary = run(cfg)
+    if summary.get("mlflow_run_id"):  # the UI pages of the run (meta-train's own summary has only its id)
+        from zoplatform.tracking import print_links
+        from zoplatform.tracking.mlflow import run_links
+
+        summary["mlflow_ui"] = run_links(summary["mlflow_run_id"], getattr(cfg, "tracking_uri", None))
+        print_links(summary["mlflow_ui"])
     emit_json(summary) if as_json else click.echo(json.dumps(summary, indent=1, default=str))
 
 
@@ -410,6 +426,7 @@ def compare(configs_file, as_json, **opts):
 
     cfg = load_compare_config(opts, configs_file)
     out = run(cfg, recipe="zo compare " + " ".join(sys.argv[2:]))
+    print_run_link(out.get("mlflow_ui"), "comparison")
     if as_json:
         emit_json(out)
     else:

@@ -197,7 +197,7 @@ def plan(cfg: CompareConfig, out: Path) -> list[RunSpec]:
                             data_dir=cfg.data_dir, device=cfg.device, dtype=cfg.dtype, zero_shot=False,
                             head_init=cfg.head_init,
                             progress=False, experiment=cfg.experiment, tracking_uri=cfg.tracking_uri,
-                            run_name=f"{task}-{label}-s{seed}")
+                            run_name=f"{label} {task} s{seed}")
                 ft = validate(FinetuneConfig, {**base, **opts, "steps": 1}, f"compare run {label}")
                 if ft.policy is not None and ft.policy not in policies:  # a bad policy fails here, once
                     policies[ft.policy] = resolve_policy_option(ft, None).method_options["policy"]
@@ -313,7 +313,7 @@ def _threads_of(resources: dict) -> int:
 def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
     """Plan, run what is missing, report.  Returns the JSON summary."""
     from zoplatform.models import PACKAGED, prepare_packaged
-    from zoplatform.tracking import ending
+    from zoplatform.tracking import compare_runs_link, ending, print_links, set_note
     from zoplatform.tracking.mlflow import MlflowTracker, resolve_tracking_uri
 
     t0 = time.perf_counter()
@@ -330,13 +330,18 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "compare.json"
     saved = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    parent = MlflowTracker(tracking_uri=uri, experiment=cfg.experiment, run_name=out.name,
-                           run_id=saved.get("parent_run_id") if saved.get("tracking_uri") == uri else None,
+    name = parent_name(cfg)
+    reopened = saved.get("parent_run_id") if saved.get("tracking_uri") == uri else None
+    parent = MlflowTracker(tracking_uri=uri, experiment=cfg.experiment, run_name=name, run_id=reopened,
                            system_metrics=False)  # another store: a new parent run there
     persisted = cfg.model_dump(exclude={"update_readme", "report_only"})
     parent.start({**persisted, "runs": len(specs)},
                  tags={"zo.kind": "compare", "model": cfg.model, "methods": ",".join(cfg.methods),
-                       "tasks": ",".join(cfg.tasks), "backend": cfg.backend})
+                       "tasks": ",".join(cfg.tasks), "backend": cfg.backend, "out": str(out)})
+    if reopened:
+        parent.set_name(name)  # a parent made under the older naming (the --out folder's name)
+    links = parent.ui_links()
+    print_links(links, "comparison")
     state_path.write_text(json.dumps({"config": persisted, "parent_run_id": parent.run_id, "tracking_uri": uri},
                                      indent=1))
     todo = [] if cfg.report_only else [s for s in specs if s.status != "done"]
@@ -366,12 +371,15 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
         files += plots(cfg, runs, agg, out)
         for f in files:
             parent.log_artifact(f)
-        parent.log_metrics({f"test_accuracy/{a['label']}/{a['task']}": a["test_accuracy_mean"] for a in agg
-                            if not math.isnan(a["test_accuracy_mean"])} | paired_metrics(agg), 0)
+        parent.log_metrics(parent_metrics(agg) | paired_metrics(agg), 0)
+        set_note(parent, parent_note(name, len(specs), md))
         parent.set_tags({f"paired.{a['label']}.{a['task']}.verdict": a["paired"]["verdict"] for a in agg
                          if a.get("paired") and a["paired"]["verdict"]})
         if cfg.update_readme:
             update_readme(Path(cfg.update_readme), md, recipe)
+        kids = [r["mlflow_run_id"] for r in runs if r.get("mlflow_run_id")]
+        if links and kids:  # the child runs side by side (params and metrics in one table)
+            links["children"] = compare_runs_link(uri, parent.experiment_id, kids)
         failed = [r for r in runs if r["status"] == "failed"]
         missing = [r for r in runs if r["status"] in ("new", "resume")]
         if failed:
@@ -380,7 +388,40 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
         outcome = "failed" if failed else "partial" if missing else "finished"
         return {"status": outcome, "runs": len(specs), "failed": len(failed), "missing": len(missing),
                 "aggregate": agg, "parent_run_id": parent.run_id, "tracking_uri": uri, "out": str(out),
+                "mlflow_ui": links,
                 "artifacts": [str(f) for f in files], "wall_time_s": round(time.perf_counter() - t0, 2)}
+
+
+def parent_name(cfg: CompareConfig) -> str:
+    """The parent run's name: what it compares (``compare mezo,fzoo on sst2,mr (smollm2-135m)``)."""
+    return f"compare {','.join(cfg.methods)} on {','.join(cfg.tasks)} ({cfg.model})"
+
+
+def parent_note(name: str, n_runs: int, md: str) -> str:
+    """The parent run's description: its name, then results.md with the accuracy table first (the UI shows a
+    description's first lines until "Show more")."""
+    blocks = md.split("\n\n")
+    if len(blocks) > 2 and blocks[1].startswith("Test accuracy"):
+        blocks = blocks[1:3] + blocks[:1] + blocks[3:]
+    return f"**{name}** ({n_runs} runs; this is its results.md)\n\n" + "\n\n".join(blocks)
+
+
+def parent_metrics(agg: list[dict]) -> dict[str, float]:
+    """The parent's summary values (step 0): per (label, task) the mean (and, over several seeds, the std) of the
+    test accuracy and the mean final dev loss; per label the peak memory (max over its runs)."""
+    out: dict[str, float] = {}
+    for a in agg:
+        key = f"{a['label']}/{a['task']}"
+        values = [("test_accuracy", a["test_accuracy_mean"]), ("final_dev_loss", a["final_dev_loss_mean"])]
+        if a["seeds"] > 1:
+            values.append(("test_accuracy_std", a["test_accuracy_std"]))
+        for name, v in values:
+            if v is not None and not math.isnan(v):
+                out[f"{name}/{key}"] = v
+        if a["peak_memory_mb_max"] is not None:
+            out[f"peak_memory_mb/{a['label']}"] = max(out.get(f"peak_memory_mb/{a['label']}", 0.0),
+                                                      a["peak_memory_mb_max"])
+    return out
 
 
 def load_compare_config(data: dict[str, Any], configs_file: str | None) -> CompareConfig:

@@ -148,6 +148,29 @@ def test_two_methods_two_tasks_two_seeds_table_plots_and_mlflow(tmp_path, uri):
     arts = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"results.md", "results.csv", "results.json", "dev_curves_sst2.png", "peak_memory.png"} <= arts
     assert parent.info.status == "FINISHED" and parent.data.tags["zo.kind"] == "compare"
+    # browsing (issue 19): named by what they are, the report as the parent's description, resolved params
+    assert parent.info.run_name == "compare mezo,cz-port on sst2,rte (tiny:llama)"
+    assert sorted(k.info.run_name for k in kids) == sorted(f"{m} {t} s{k}" for m in ("mezo", "cz-port")
+                                                           for t in ("sst2", "rte") for k in (0, 1))
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("**compare mezo,cz-port on sst2,rte (tiny:llama)** (8 runs")
+    assert "| method | sst2 | rte |" in note and (root / "results.md").read_text().split("\n\n")[0] in note
+    for k in kids:
+        eps = "0.01" if k.data.tags["method"] == "mezo" else "0.001"  # cz-port: CurvZO's default eps
+        assert k.data.params["lr"] == "0.001" and k.data.params["eps"] == eps  # the label's, never "None"
+        assert k.data.tags["mlflow.note.content"].startswith(f"{k.data.tags['method']} on {k.data.tags['task']}")
+    a = next(x for x in out["aggregate"] if x["label"] == "cz-port" and x["task"] == "rte")
+    pm = parent.data.metrics
+    assert pm["test_accuracy/cz-port/rte"] == pytest.approx(a["test_accuracy_mean"])
+    assert pm["test_accuracy_std/cz-port/rte"] == pytest.approx(a["test_accuracy_std"])
+    assert pm["final_dev_loss/cz-port/rte"] == pytest.approx(a["final_dev_loss_mean"])
+    assert "peak_memory_mb/mezo" in pm
+    assert [m.step for m in c.get_metric_history(parent.info.run_id, "test_accuracy/cz-port/rte")] == [0]
+    links = out["mlflow_ui"]
+    assert links["run"].endswith(f"/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+                                 "?workflowType=machine_learning")
+    assert all(k.info.run_id in links["children"] for k in kids)  # the children side by side
+    assert f"MLflow comparison: {links['run']}" in text
 
     # the same command again reuses every finished run: same numbers, no new child runs
     code, again, text = compare(tmp_path, uri, "--methods", "mezo,cz-port", "--tasks", "sst2,rte", "--seeds", "2",

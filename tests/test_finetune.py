@@ -35,7 +35,8 @@ def client(uri):
 
 
 @needs_data
-def test_finetune_logs_a_complete_mlflow_run(tmp_path):
+def test_finetune_logs_a_complete_mlflow_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("ZO_MLFLOW_UI", raising=False)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = load_config(None, TINY | dict(steps=12, tracking_uri=uri, out_dir=str(tmp_path / "run"), experiment="t"))
     s = run(cfg)
@@ -43,11 +44,32 @@ def test_finetune_logs_a_complete_mlflow_run(tmp_path):
     assert 0.0 <= s["test_accuracy"] <= 1.0 and "zero_shot_test_accuracy" in s
     r = client(uri).get_run(s["mlflow_run_id"])
     assert r.info.status == "FINISHED"
-    assert r.data.params["method"] == "mezo" and r.data.params["method_config.eps"] == "0.01"
     assert len(client(uri).get_metric_history(r.info.run_id, "train_loss")) == 12
     assert [m.step for m in client(uri).get_metric_history(r.info.run_id, "dev_accuracy")] == [0, 5, 10, 12]
     arts = {a.path for a in client(uri).list_artifacts(r.info.run_id)}
     assert {"trajectory.jsonl", "curves.png", "summary.json"} <= arts
+    # browsing (issue 19): the distinguishing part first, one name per resolved hyperparameter, no constant lr
+    # metric, one-off results once at step 0, a one-line description, the UI links in the summary
+    assert r.info.run_name == "mezo sst2 s0 tiny:llama"
+    p = r.data.params
+    assert p["method"] == "mezo" and p["lr"] == "0.001" and p["eps"] == "0.01" and p["direction"] == "gaussian"
+    assert p["chunk_size"] == "1048576" and p["num_dev"] == "16" and p["protocol"] == "prompt"
+    assert not [k for k in p if k.startswith(("method_config.", "method_options."))] and "None" not in p.values()
+    assert "lr" not in r.data.metrics and "tracking_uri" not in p
+    for k in ("test_accuracy", "test_loss", "wall_time_s", "peak_memory_mb", "best_dev_accuracy", "best_step",
+              "zero_shot_test_accuracy"):
+        assert [(m.step, m.value) for m in client(uri).get_metric_history(r.info.run_id, k)] == [(0, s[k])], k
+    assert r.data.tags["mlflow.note.content"] == (
+        f"mezo on sst2 (tiny:llama): 12 steps = 24 forward passes, test acc {100 * s['test_accuracy']:.1f}% "
+        f"(zero-shot {100 * s['zero_shot_test_accuracy']:.1f}%), best dev step {s['best_step']}")
+    exp = client(uri).get_experiment(r.info.experiment_id)
+    assert exp.tags["mlflow.note.content"].startswith("zoplatform fine-tunes (`zo finetune`)")
+    assert s["mlflow_ui"] == {
+        "runs": f"http://127.0.0.1:5000/#/experiments/{r.info.experiment_id}/runs?workflowType=machine_learning",
+        "run": f"http://127.0.0.1:5000/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}"
+               "?workflowType=machine_learning",
+        "start_ui": s["mlflow_ui"]["start_ui"]}
+    assert s["mlflow_ui"]["start_ui"].endswith(f"ui --backend-store-uri {uri}")
 
 
 @needs_data
@@ -196,6 +218,10 @@ def test_finetune_against_a_real_mlflow_server(tmp_path):
                                               out_dir=str(tmp_path / "run"))))
         r = client(uri).get_run(s["mlflow_run_id"])
         assert r.info.status == "FINISHED" and "dev_accuracy" in r.data.metrics
+        # a server is its own UI: the links point at it, no command to start one
+        assert s["mlflow_ui"] == {
+            "runs": f"{uri}/#/experiments/{r.info.experiment_id}/runs?workflowType=machine_learning",
+            "run": f"{uri}/#/experiments/{r.info.experiment_id}/runs/{r.info.run_id}?workflowType=machine_learning"}
         assert "trajectory.jsonl" in {a.path for a in client(uri).list_artifacts(r.info.run_id)}
 
 

@@ -194,9 +194,9 @@ def test_meta_train_register_resolve_by_alias_and_finetune(tmp_path, uri):
     frun = client.get_run(out["mlflow_run_id"])
     assert frun.data.params["method"] == "zo-finetuner"
     assert frun.data.params["policy"] == "models:/zo-policy-tiny_llama@champion"
-    assert frun.data.params["method_config.policy_version"] == "models:/zo-policy-tiny_llama/1"  # the version used
-    assert frun.data.params["method_config.policy"].startswith(str((tmp_path / "ft" / "policy").resolve()))
-    assert load_policy(frun.data.params["method_config.policy"]).schema == load_policy(local).schema
+    assert frun.data.params["policy_version"] == "models:/zo-policy-tiny_llama/1"  # the version used
+    assert frun.data.params["policy_path"].startswith(str((tmp_path / "ft" / "policy").resolve()))  # its copy
+    assert load_policy(frun.data.params["policy_path"]).schema == load_policy(local).schema
     assert "sigma_mean" in frun.data.metrics and "zo_finetuner_sigma.csv" in {
         a.path for a in client.list_artifacts(frun.info.run_id)}
     # the same policy on another layout (tiny:opt) is refused, before any step

@@ -378,8 +378,9 @@ class LOREN(ZOMethod):
         return new, StepRecord(seed, tuple(losses), lr, tuple(cg), {"loss_mean": fmean})
 
     # -- end-of-run artifacts ---------------------------------------------------------
-    def report(self, state, blocks: Sequence[Block], out_dir) -> list:
-        """``loren_a.csv`` and ``loren_a.png``: ‖a‖/√n and s = m‖a‖² per block."""
+    def report(self, state, blocks: Sequence[Block], out_dir, run: str | None = None) -> list:
+        """``loren_a.csv`` and ``loren_a.png``: ‖a‖/√n and s = m‖a‖² per block; ``run`` names the
+        run in the title (e.g. ``loren on sst2 (smollm2-135m)``)."""
         if not any(f"a/{b.name}" in state for b in blocks):
             return []
         import matplotlib
@@ -403,7 +404,7 @@ class LOREN(ZOMethod):
         fig, ax = plt.subplots(figsize=(10, 4))
         ax.bar(range(len(rows)), [r[3] for r in rows], width=1.0)
         ax.set(xlabel="block index (model order)", ylabel="‖a‖/√n",
-               title=f"LOREN curvature vectors after {state.get('t', 0)} steps")
+               title=f"{run + ': ' if run else 'LOREN '}curvature vectors a per block after {state.get('t', 0)} steps")
         fig.tight_layout()
         png = out_dir / "loren_a.png"
         fig.savefig(png, dpi=100)

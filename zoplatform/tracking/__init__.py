@@ -1,7 +1,24 @@
 """Experiment tracking behind a small protocol; MLflow is imported lazily in
-:mod:`zoplatform.tracking.mlflow` only, so the library runs without it."""
+:mod:`zoplatform.tracking.mlflow` only, so the library runs without it.
+
+Browsing helpers (no MLflow import): :func:`ui_links` (the MLflow UI pages of a run and of its experiment's runs
+view), :func:`set_note` (a run's description), :func:`readable_params` (param values as the UI should show them)
+and :data:`EXPERIMENT_NOTES` (what zoplatform logs in an experiment of each kind, its description in the UI).
+
+The runs view: MLflow 3.17's UI picks the experiment page's layout from a *global* workflow type, never from the
+experiment: the ``workflowType`` URL parameter, else the browser's last choice of the sidebar's "GenAI / Model
+training" switch (localStorage ``mlflow.workflowType``), else GenAI, whose experiment page is the traces overview.
+The ``mlflow.experimentKind`` experiment tag is not consulted for it (the feature check that would read it is
+hard-wired on in 3.17.2's bundle), so every link printed here carries ``?workflowType=machine_learning``.
+"""
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
+import sys
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -94,3 +111,127 @@ def mlflow_tracker(**kw) -> Tracker:
     from .mlflow import MlflowTracker
 
     return MlflowTracker(**kw)
+
+
+# --------------------------------------------------------------------------- browsing
+NOTE_TAG = "mlflow.note.content"  # a run's (or, as an experiment tag, an experiment's) description in the UI
+MAX_NOTE = 8000  # MLflow's limit on a run tag's value
+RUNS_VIEW = "workflowType=machine_learning"  # MLflow 3.17's UI: the "Model training" layout (runs table, charts)
+DEFAULT_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+_SUMMARY = ("One-off results are logged once, at step 0, so the runs table and the charts show them as values "
+            "(bar charts), not as lone points on a step axis.")
+EXPERIMENT_NOTES = {
+    "finetune": "zoplatform fine-tunes (`zo finetune`): one run per model x task x method x seed, named "
+                "`<method> <task> s<seed> <model>`. Params: the method's resolved hyperparameters (lr, eps, "
+                "direction, ...) and the run's options. Per step: train_loss, projected_grad, forward_passes (lr "
+                "only under a schedule); per dev evaluation: dev_loss, dev_accuracy. Summary values: test_accuracy, "
+                "test_loss, zero_shot_test_accuracy, best_dev_accuracy, best_step, wall_time_s, peak_memory_mb. "
+                + _SUMMARY + " Artifacts: curves.png, summary.json, trajectory.jsonl (the checkpoint; "
+                "`zo eval --trajectory`), predictions.npz. The run's description is a one-line result.",
+    "compare": "zoplatform method comparisons (`zo compare`): one parent run per comparison, named `compare "
+               "<methods> on <tasks> (<model>)`, whose description is the report (results.md: test accuracy per "
+               "method x task, paired verdicts); a child run per method x task x seed, named `<label> <task> "
+               "s<seed>` (a fine-tune run). Parent metrics: test_accuracy/<label>/<task> (mean over seeds), "
+               "test_accuracy_std/..., final_dev_loss/..., peak_memory_mb/<label>, paired.<label>.<task>.*. "
+               + _SUMMARY + " Artifacts: results.md/csv/json, dev_curves_<task>.png, peak_memory.png.",
+    "sweep": "zoplatform hyperparameter sweeps (`zo sweep`): one parent run per sweep (results, best_config.yaml, "
+             "plots) and a child run per trial (a fine-tune run).",
+    "meta-train": "zoplatform ZO Fine-tuner policy meta-training (`zo meta-train`): one run per policy "
+                  "(meta-validation metrics, policy artifact, registry version).",
+}
+
+
+def set_note(tracker: Tracker, text: str) -> None:
+    """Set the run's description (the MLflow UI's "Description"; markdown), cut to MLflow's limit."""
+    if len(text) > MAX_NOTE:
+        tail = "\n\n(cut here; the full text is in the run's artifacts)"
+        text = text[:MAX_NOTE - len(tail)] + tail
+    tracker.set_tags({NOTE_TAG: text})
+
+
+def format_param(v: Any) -> str:
+    """A param value as the runs table should show it: floats to 4 significant digits (``4.43e-06``, never a
+    cut-off ``4.43037524...``), lists comma-joined; the exact values stay in the run's config artifacts."""
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ",".join(format_param(x) for x in v)
+    return str(v)
+
+
+def readable_params(params: dict[str, Any]) -> dict[str, str]:
+    """Flattened (``a.b``), None values dropped, values formatted by :func:`format_param` (MLflow's 6000-char
+    limit applied)."""
+    return {k: format_param(v)[:6000] for k, v in flatten(params).items() if v is not None}
+
+
+def _redact(uri: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host``."""
+    return re.sub(r"(://[^/:@]+):[^/@]+@", r"\1:***@", uri)
+
+
+def ui_base(tracking_uri: str) -> tuple[str | None, str | None]:
+    """(the MLflow UI's base URL, the command that starts it or None) for a tracking URI: an http(s) store is
+    its own UI; a local store (SQLite, ...) needs ``mlflow ui`` on it, served at ``$ZO_MLFLOW_UI`` or
+    http://127.0.0.1:5000. Databricks: (None, None)."""
+    scheme = tracking_uri.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme in ("http", "https"):
+        return tracking_uri.rstrip("/"), None
+    if scheme == "databricks":
+        return None, None
+    base = os.environ.get("ZO_MLFLOW_UI", DEFAULT_UI).rstrip("/")
+    exe = "mlflow" if shutil.which("mlflow") else f"{sys.executable} -m mlflow"
+    port = re.match(r"https?://(?:127\.0\.0\.1|localhost):(\d+)$", base)
+    start = f"{exe} ui --backend-store-uri {_redact(tracking_uri)}"
+    if port and port.group(1) != "5000":
+        start += f" --port {port.group(1)}"
+    return base, start
+
+
+def ui_links(tracking_uri: str, experiment_id: str | None, run_id: str | None = None) -> dict[str, str] | None:
+    """The MLflow UI pages of a run: ``runs`` (its experiment's runs table), ``run`` (its own page), and
+    ``start_ui`` (the command that serves them, for a local store); both pages in the runs ("Model training")
+    layout. None when there is nothing to link (no experiment, Databricks)."""
+    base, start = ui_base(tracking_uri)
+    if base is None or experiment_id is None:
+        return None
+    links = {"runs": f"{base}/#/experiments/{experiment_id}/runs?{RUNS_VIEW}"}
+    if run_id:
+        links["run"] = f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{RUNS_VIEW}"
+    if start:
+        links["start_ui"] = start
+    return links
+
+
+def compare_runs_link(tracking_uri: str, experiment_id: str, run_ids: list[str]) -> str | None:
+    """MLflow's page that puts runs side by side (their params and metrics in one table), or None."""
+    base, _ = ui_base(tracking_uri)
+    if base is None or not run_ids:
+        return None
+    return (f"{base}/#/compare-runs?runs={_json_arg(list(run_ids))}&experiments={_json_arg([experiment_id])}"
+            f"&{RUNS_VIEW}")
+
+
+def _json_arg(v) -> str:
+    return urllib.parse.quote(json.dumps(v, separators=(",", ":")))
+
+
+def tracker_links(tracker: Tracker) -> dict[str, str] | None:
+    """:func:`ui_links` of a tracker's run (None for a tracker that logs nowhere)."""
+    fn = getattr(tracker, "ui_links", None)
+    return fn() if callable(fn) and tracker.run_id else None
+
+
+def print_links(links: dict[str, str] | None, what: str = "run", file=None) -> None:
+    """The links, for a person, on stderr (stdout keeps the JSON summary)."""
+    if not links:
+        return
+    out = file or sys.stderr
+    lines = [f"MLflow {what}: {links['run']}"] if "run" in links else []
+    lines.append(f"MLflow runs: {links['runs']}")
+    if "start_ui" in links:
+        lines.append(f"  (start the UI first: {links['start_ui']})")
+    print("\n".join(lines), file=out, flush=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from . import flatten
+from . import EXPERIMENT_NOTES, NOTE_TAG, readable_params, ui_links
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -99,24 +99,40 @@ def default_artifact_location(uri: str) -> str | None:
     return None
 
 
-def ensure_experiment(client, name: str, uri: str) -> str:
+def ensure_experiment(client, name: str, uri: str, note: str | None = None) -> str:
+    """The experiment's id, created if needed; ``note`` becomes its description (the ``mlflow.note.content``
+    experiment tag) when it has none yet (a description a person wrote is kept)."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
+    if exp is None:
+        try:
+            loc = default_artifact_location(uri)
+            exp_id = client.create_experiment(name, artifact_location=f"{loc}/{name}" if loc else None,
+                                              tags={NOTE_TAG: note} if note else None)
+            return exp_id
+        except Exception:  # created concurrently by another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if note and not exp.tags.get(NOTE_TAG):
+        client.set_experiment_tag(exp.experiment_id, NOTE_TAG, note)
+    return exp.experiment_id
+
+
+def run_links(run_id: str, tracking_uri: str | None = None) -> dict[str, str] | None:
+    """:func:`zoplatform.tracking.ui_links` of a run known by its id (for commands whose summary holds only
+    the run id); None if the store cannot be read."""
+    uri = resolve_tracking_uri(tracking_uri)
     try:
-        loc = default_artifact_location(uri)
-        return client.create_experiment(name, artifact_location=f"{loc}/{name}" if loc else None)
-    except Exception:  # created concurrently by another process
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+        exp_id = open_client(uri).get_run(run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - links are a convenience; never fail a finished command for them
+        return None
+    return ui_links(uri, exp_id, run_id)
 
 
 class MlflowTracker:
     def __init__(self, tracking_uri: str | None = None, experiment: str = "zoplatform", run_name: str | None = None,
                  parent_run_id: str | None = None, run_id: str | None = None, system_metrics: bool = True,
-                 flush_every: int | None = None):
+                 flush_every: int | None = None, experiment_note: str | None = None):
         import mlflow  # noqa: F401  (lazy: only this module imports mlflow)
 
         self.uri = resolve_tracking_uri(tracking_uri)
@@ -127,6 +143,8 @@ class MlflowTracker:
         self.run_id = run_id  # set: continue that run (resume)
         self.system_metrics = system_metrics
         self.flush_every = flush_every
+        self.experiment_note = experiment_note  # default: EXPERIMENT_NOTES of the run's zo.kind tag
+        self.experiment_id: str | None = None
         self._buf: list = []
         self._monitor = None
 
@@ -138,14 +156,15 @@ class MlflowTracker:
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
         if self.run_id is None:
-            exp_id = ensure_experiment(self.client, self.experiment, self.uri)
+            note = self.experiment_note or EXPERIMENT_NOTES.get(tags.get("zo.kind", ""))
+            exp_id = ensure_experiment(self.client, self.experiment, self.uri, note=note)
             run = self.client.create_run(exp_id, tags=tags, run_name=self.run_name)
-            self.run_id = run.info.run_id
-            flat = {k: str(v)[:6000] for k, v in flatten(params).items()}
-            items = [Param(k, v) for k, v in flat.items()]
+            self.run_id, self.experiment_id = run.info.run_id, exp_id
+            items = [Param(k, v) for k, v in readable_params(params).items()]
             for i in range(0, len(items), 100):
                 self.client.log_batch(self.run_id, params=items[i:i + 100])
         else:  # resumed: reopen the same run, params are already there
+            self.experiment_id = self.client.get_run(self.run_id).info.experiment_id
             self.client.update_run(self.run_id, status="RUNNING")
             if tags:
                 self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -160,6 +179,14 @@ class MlflowTracker:
             self._monitor.start()
         except Exception:  # system metrics are best effort (psutil missing, etc.)
             self._monitor = None
+
+    def set_name(self, name: str) -> None:
+        """Rename the run (e.g. a reopened run made under an older naming)."""
+        self.client.update_run(self.run_id, name=name)
+
+    def ui_links(self) -> dict[str, str] | None:
+        """This run's MLflow UI pages (:func:`zoplatform.tracking.ui_links`); None before :meth:`start`."""
+        return ui_links(self.uri, self.experiment_id, self.run_id) if self.run_id else None
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
