@@ -70,7 +70,7 @@ from .report import (  # noqa: F401  (3. results: pipelines/report.py; some name
 
 # finetune options a method label may set; everything else is the comparison's
 METHOD_KEYS = {"method", "lr", "eps", "weight_decay", "schedule", "direction", "method_options", "policy", "protocol",
-               "lora", "lora_r", "lora_alpha", "select"}
+               "precision", "lora", "lora_r", "lora_alpha", "select"}
 # options that do not change what a run computes (ignored when matching a saved run)
 OPERATIONAL = {"tracking", "tracking_uri", "experiment", "run_name", "parent_run_id", "out_dir", "resume", "progress",
                "zero_shot"}
@@ -97,6 +97,8 @@ class CompareConfig(StrictModel):
     data_dir: str | None = None
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    precision: str | None = Field(None, description="every run's precision mode (zo finetune --precision; a label's "
+                                                    "own precision overrides it)")
     head_init: Literal["random", "probe"] = Field("random", description="head protocol: linear-probe the head first")
     backend: Literal["local", "ray"] = "local"
     resources: str = Field("cpu=1", description="per run (Ray backend; local: cpu = threads per run)")
@@ -195,6 +197,7 @@ def plan(cfg: CompareConfig, out: Path) -> list[RunSpec]:
                 base = dict(model=cfg.model, task=task, seed=seed, batch_size=cfg.batch_size,
                             num_train=cfg.num_train, num_dev=cfg.num_dev, num_test=cfg.num_test,
                             data_dir=cfg.data_dir, device=cfg.device, dtype=cfg.dtype, zero_shot=False,
+                            precision=cfg.precision,
                             head_init=cfg.head_init,
                             progress=False, experiment=cfg.experiment, tracking_uri=cfg.tracking_uri,
                             run_name=f"{label} {task} s{seed}")
