@@ -366,7 +366,7 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
         else:
             execute_local(todo, parent.run_id, uri, _threads_of(resources), progress)
         runs, agg = collect(cfg, specs)
-        md = markdown(cfg, agg, machine_line(cfg.device), reference_not_above_start(runs, cfg.reference))
+        md = markdown(cfg, agg, machine_line(cfg.device), reference_not_above_start(runs, cfg.reference), runs)
         (out / "results.md").write_text(md)
         files = [out / "results.md", write_csv(agg, out / "results.csv")]
         (out / "results.json").write_text(json.dumps({"aggregate": agg, "runs": runs}, indent=1, default=str))

@@ -81,7 +81,8 @@ def collect(cfg: CompareConfig, specs: list[RunSpec]) -> tuple[list[dict], list[
                      "final_dev_loss": curve[-1]["dev_loss"] if curve else None,
                      "forward_passes": sm.get("forward_passes"), "wall_time_s": sm.get("wall_time_s"),
                      "peak_memory_mb": sm.get("peak_memory_mb"), "mlflow_run_id": sm.get("mlflow_run_id"),
-                     "error": sm.get("error"), "curve": curve, "out_dir": str(s.out_dir)})
+                     "error": sm.get("error"), "curve": curve, "out_dir": str(s.out_dir),
+                     "direction": direction_of(s.config), "precision": precision_of(s.config)})
     ref_final = {(r["task"], r["seed"]): r["final_dev_accuracy"] for r in runs
                  if r["label"] == cfg.reference and r["final_dev_accuracy"] is not None}
     for r in runs:
@@ -298,14 +299,46 @@ def _small_tasks(cfg: CompareConfig) -> str:
                    if n != cfg.num_train)
 
 
-def markdown(cfg: CompareConfig, agg: list[dict], machine: str, flat_tasks: Sequence[str] = ()) -> str:
+def direction_of(ft) -> str:
+    """The direction law a run draws: its ``direction``, else its method's default (LOREN: its own sampler)."""
+    import zoplatform
+
+    if ft.method in ("fo", ZERO_SHOT) or ft.steps == 0:
+        return "-"
+    if ft.direction:
+        return ft.direction
+    return getattr(zoplatform.make(ft.method, lr=1e-6).config, "direction", None) or "own"
+
+
+def precision_of(ft) -> str:
+    from zoplatform.precision import DTYPE_NAMES
+
+    return ft.precision or DTYPE_NAMES[ft.dtype]
+
+
+def settings_line(runs: list[dict], labels: Sequence[str]) -> str:
+    """How the rows were run: direction law and precision, one phrase when every row shares them, else per
+    label (``-``: no ZO directions, as fo and zero-shot)."""
+    per = {}
+    for label in labels:
+        rs = [r for r in runs if r["label"] == label]
+        per[label] = (", ".join(sorted({r["direction"] for r in rs})), ", ".join(sorted({r["precision"] for r in rs})))
+    zo = {v for v in per.values() if v[0] != "-"}
+    if len(zo) == 1 and len({v[1] for v in per.values()}) == 1:
+        d, p = zo.pop()
+        return f"Every row: {d} directions (where a method draws them), precision {p}."
+    return "Direction law / precision per row: " + "; ".join(f"{k} {d}/{p}" for k, (d, p) in per.items()) + "."
+
+
+def markdown(cfg: CompareConfig, agg: list[dict], machine: str, flat_tasks: Sequence[str] = (),
+             runs: list[dict] | None = None) -> str:
     """The report: accuracy matrix, then the per-(method, task) details; ``flat_tasks`` are those where the
     reference did not improve on its step-0 dev accuracy (see :func:`reference_not_above_start`)."""
     own = "".join(f"; {t}: {b} ({b // 2} steps)" for t, b in cfg.task_budgets.items())
     lines = [f"Model `{cfg.model}`, {machine}; budget {cfg.forward_budget} forward passes per run "
              f"(two-point methods: {cfg.forward_budget // 2} steps{own}), batch {cfg.batch_size}, seeds "
              f"{', '.join(map(str, cfg.seeds))}, {cfg.num_train} train examples{_small_tasks(cfg)}; "
-             f"mean ± std over seeds.", "",
+             f"mean ± std over seeds." + (f" {settings_line(runs, cfg.methods)}" if runs else ""), "",
              "Test accuracy (%):", "",
              "| method | " + " | ".join(cfg.tasks) + " |", "|---|" + "---|" * len(cfg.tasks)]
     for label in cfg.methods:

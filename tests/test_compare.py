@@ -371,3 +371,26 @@ def test_runs_tested_on_other_examples_are_not_paired(tmp_path):
     _, again = collect(cfg, specs)
     q = next(a for a in again if a["label"] == "curvzo")["paired"]
     assert q["delta_acc"] == pytest.approx(p["delta_acc"]) and q["mcnemar"] == p["mcnemar"]
+
+
+def test_report_header_states_the_direction_law_and_precision_of_the_rows(tmp_path):
+    from pipelines.compare import plan
+    from pipelines.report import settings_line
+
+    cfg = load_compare_config(dict(methods="mezo,fzoo,zero-shot", tasks="sst2", seeds=1, forward_budget=18,
+                                   model="tiny:llama", out=str(tmp_path), precision="bf16-mixed"),
+                              None)
+    cfg = cfg.model_copy(update={"configs": {"mezo": {"method": "mezo", "direction": "rademacher"}}})
+    specs = plan(cfg, tmp_path)
+    assert {s.config.precision for s in specs} == {"bf16-mixed"}
+    from pipelines.report import collect
+
+    runs, _ = collect(cfg, specs)
+    assert settings_line(runs, cfg.methods) == ("Every row: rademacher directions (where a method draws them), "
+                                                "precision bf16-mixed.")
+    # a label with its own precision: the line goes per label
+    cfg2 = cfg.model_copy(update={"configs": {"mezo": {"method": "mezo", "precision": "fp32"}}})
+    runs2, _ = collect(cfg2, plan(cfg2, tmp_path / "b"))
+    line = settings_line(runs2, cfg2.methods)
+    assert line.startswith("Direction law / precision per row:")
+    assert "mezo gaussian/fp32" in line and "fzoo rademacher/bf16-mixed" in line and "zero-shot -/bf16-mixed" in line

@@ -1,0 +1,131 @@
+"""What a fine-tune run shows in MLflow and on disk besides its numbers: its name, params, one-line note,
+summary metrics, the method's end-of-run artifacts and ``curves.png`` (split out of :mod:`pipelines.finetune`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .finetune import FinetuneConfig
+
+# --------------------------------------------------------------------------- what MLflow shows
+# run options that are not logged as params: operational (they do not change what the run computes), the name,
+# or logged in their resolved form (lr, eps, direction, weight decay and method options: the method's config)
+UNLOGGED = {"progress", "tracking", "resume", "tracking_uri", "experiment", "run_name", "parent_run_id", "dtype",
+            "lr", "eps", "direction", "weight_decay", "method_options"}
+
+
+def model_short_name(model: str) -> str:
+    """``HuggingFaceTB/SmolLM2-135M`` -> ``SmolLM2-135M``; packaged names and ``tiny:*`` unchanged."""
+    return model.rstrip("/").rsplit("/", 1)[-1] or model
+
+
+def default_run_name(cfg: FinetuneConfig) -> str:
+    """The MLflow run name: what tells this run apart first (``mezo sst2 s0 smollm2-135m``; the out dir keeps
+    its timestamp)."""
+    return " ".join([cfg.method, cfg.task, f"s{cfg.seed}", model_short_name(cfg.model)] + (["lora"] if cfg.lora else []))
+
+
+def run_params(cfg: FinetuneConfig, method, num_train: int, num_dev: int, precision: str, out_dir) -> dict:
+    """The params logged once per run: the method's resolved hyperparameters as top-level keys (``lr``, ``eps``,
+    ``direction``, ..., with the method's defaults filled in) and the run's options, each under one name (no
+    ``method_config.*`` / ``method_options.*`` copies); unset options are left out. With ``policy``, the
+    requested policy is ``policy`` and the local copy the method read is ``policy_path``."""
+    from zoplatform.models import default_protocol
+
+    opts = {k: v for k, v in cfg.model_dump().items() if k not in UNLOGGED and v is not None}
+    if not cfg.lora:
+        opts.pop("lora_r", None), opts.pop("lora_alpha", None)
+    opts.update(num_train=num_train, num_dev=num_dev, precision=precision, out_dir=str(out_dir),
+                protocol=cfg.protocol or default_protocol(cfg.model))
+    if method is None:  # fo: AdamW's resolved lr
+        hyper = {"lr": cfg.lr or 1e-5, "weight_decay": cfg.weight_decay}
+    else:
+        hyper = method.config.model_dump()
+        if cfg.policy is not None and "policy" in hyper:
+            hyper["policy_path"] = hyper.pop("policy")
+    return opts | {k: v for k, v in hyper.items() if v is not None}
+
+
+SUMMARY_METRICS = ("test_accuracy", "test_loss", "best_dev_accuracy", "best_step", "wall_time_s", "train_time_s",
+                   "peak_memory_mb")
+
+
+def summary_metrics(summary: dict) -> dict[str, float]:
+    """The run's one-off results, logged once at step 0: MLflow 3.17's UI draws a metric whose latest step is 0
+    as a bar with its value (a metric at a later step gets a step-axis line chart: one lone dot), and the runs
+    table shows the value either way. Zero-shot and probe accuracies are logged at step 0 where measured."""
+    return {k: summary[k] for k in SUMMARY_METRICS if isinstance(summary.get(k), (int, float))}
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def run_note(cfg: FinetuneConfig, summary: dict, method=None) -> str:
+    """The run's one-line description: model, task, method, budget and result, e.g. ``mezo on sst2
+    (smollm2-135m): 300 steps = 600 forward passes, test acc 66.6% (zero-shot 51.6%), best dev step 250``."""
+    head = f"{cfg.method} on {cfg.task} ({cfg.model})"
+    steps = summary.get("steps", cfg.steps)
+    status = summary.get("status")
+    if status is None:  # at the start: the plan
+        plan = (f"{steps} forward+backward steps" if method is None else
+                f"{steps} steps = {steps * method.forwards_per_step} forward passes")
+        return f"{head}: {plan} planned, batch {cfg.batch_size}, seed {cfg.seed}; running"
+    fwd = summary.get("forward_passes")
+    budget = f"{steps} steps" + (f" = {fwd} forward passes" if fwd is not None else "")
+    from .finetune import FO_METHODS
+
+    if cfg.method in FO_METHODS:
+        budget = f"{steps} forward+backward steps"
+    zs = summary.get("zero_shot_test_accuracy")
+    zs_text = f" (zero-shot {_pct(zs)})" if zs is not None else ""
+    if status == "diverged":
+        return (f"{head}: diverged at step {summary.get('diverged_at_step')} of {steps}; best dev step "
+                f"{summary.get('best_step')} (dev acc {_pct(summary.get('best_dev_accuracy') or 0)}){zs_text}")
+    chosen = (f"best dev step {summary.get('best_step')}" if cfg.select == "best"
+              else f"last step {summary.get('best_step')} tested")
+    return f"{head}: {budget}, test acc {_pct(summary['test_accuracy'])}{zs_text}, {chosen}"
+
+
+def method_report(method, state, blocks, out_dir, cfg: FinetuneConfig) -> list:
+    """The method's end-of-run artifacts; a ``report`` that takes ``run`` gets what the run was (for plot
+    titles: ``curvzo on sst2 (smollm2-135m)``)."""
+    import inspect
+
+    if "run" in inspect.signature(method.report).parameters:
+        return method.report(state, blocks, out_dir, run=f"{cfg.method} on {cfg.task} ({cfg.model})")
+    return method.report(state, blocks, out_dir)
+
+
+def plot_history(history, path: Path, title: str) -> Path:
+    """``curves.png``: train and dev loss, and dev accuracy with the best dev step marked, against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    if history.train:
+        s, l = zip(*history.train)
+        few = len(s) <= 30  # a short run: every step visible as a point
+        ax[0].plot(s, l, ".-" if few else "-", lw=0.8 if few else 0.6, alpha=0.6, label="train loss (L+)")
+    if history.evals:
+        steps = [e["step"] for e in history.evals]
+        ax[0].plot(steps, [e["dev_loss"] for e in history.evals], "o-", label="dev loss")
+        ax[1].plot(steps, [e["dev_accuracy"] for e in history.evals], "o-", label="dev accuracy")
+        if history.best_step in steps:
+            ax[1].plot([history.best_step], [history.best_dev_accuracy], "*", ms=14, c="tab:red",
+                       label=f"best: step {history.best_step} ({history.best_dev_accuracy:.3f})")
+        ax[1].legend(fontsize=8, loc="best")
+    ax[0].set(xlabel="step", ylabel="loss", title="loss")
+    if ax[0].get_legend_handles_labels()[0]:
+        ax[0].legend(fontsize=8)
+    ax[1].set(xlabel="step", ylabel="accuracy", title="dev accuracy")
+    for a in ax:
+        a.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
