@@ -89,13 +89,11 @@ def run_note(cfg: FinetuneConfig, summary: dict, method=None) -> str:
 
 
 def method_report(method, state, blocks, out_dir, cfg: FinetuneConfig) -> list:
-    """The method's end-of-run artifacts; a ``report`` that takes ``run`` gets what the run was (for plot
-    titles: ``curvzo on sst2 (smollm2-135m)``)."""
-    import inspect
+    """The method's end-of-run artifacts (:mod:`pipelines.method_reports`), titled with what the run was
+    (``curvzo on sst2 (smollm2-135m)``)."""
+    from . import method_reports
 
-    if "run" in inspect.signature(method.report).parameters:
-        return method.report(state, blocks, out_dir, run=f"{cfg.method} on {cfg.task} ({cfg.model})")
-    return method.report(state, blocks, out_dir)
+    return method_reports.write(method, state, blocks, out_dir, run=f"{cfg.method} on {cfg.task} ({cfg.model})")
 
 
 def plot_history(history, path: Path, title: str) -> Path:

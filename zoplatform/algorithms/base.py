@@ -97,9 +97,9 @@ class ZOMethod:
     def forwards_per_step(self) -> int:
         return 2
 
-    def report(self, state: dict, blocks: Sequence[Block], out_dir) -> list:
-        """End-of-run artifacts (plots, tables) written under ``out_dir``; the
-        recipe logs every returned path to the run.  Default: none."""
+    def block_table(self, state: dict, blocks: Sequence[Block]) -> list[dict]:
+        """End-of-run numbers per block (one flat dict per row), for the pipelines to write and draw
+        (``pipelines/method_reports.py``); the library itself draws nothing.  Default: none."""
         return []
 
     # -- shared pieces ----------------------------------------------------

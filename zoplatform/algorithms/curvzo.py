@@ -118,7 +118,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -437,61 +436,12 @@ class CurvZO(ZOMethod):
         }
         return new, StepRecord(seed, (loss_plus, loss_minus), lr, (delta,), extra)
 
-    # -- end-of-run artifacts ---------------------------------------------------
-    def report(self, state, blocks: Sequence[Block], out_dir, run: str | None = None) -> list:
-        """``curvzo_blocks.png`` (sampled-count histogram, scores and π per block,
-        budget trace) and ``curvzo_blocks.csv``; returns their paths. ``run`` names
-        the run in the title (e.g. ``curvzo on sst2 (smollm2-135m)``)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+    # -- end-of-run numbers (written and drawn by pipelines/method_reports.py) ------------
+    def block_table(self, state, blocks: Sequence[Block]) -> list[dict]:
+        """Per block: its score, final inclusion probability π and how often it was sampled."""
         counts = state["counts"].double()
         steps = max(int(state["t"]), 1)
-        scores = self.effective_scores(state)
-        pi = self.inclusion(state, blocks)
-        csv = out_dir / "curvzo_blocks.csv"
-        lines = ["block,numel,score,pi,sampled_count,sampled_rate"]
-        lines += [f"{b.name},{b.numel},{float(scores[i]):.6g},{float(pi[i]):.6g},{int(counts[i])},"
-                  f"{float(counts[i]) / steps:.6g}" for i, b in enumerate(blocks)]
-        csv.write_text("\n".join(lines) + "\n")
-
-        fig, ax = plt.subplots(3, 1, figsize=(10, 9))
-        x = range(len(blocks))
-        ax[0].bar(x, (counts / steps).tolist(), width=1.0, color="tab:blue")
-        ax[0].plot(x, pi.tolist(), "k.", ms=3, label="final π")
-        what = f"{run}, profile {self.config.profile}" if run else f"CurvZO ({self.config.profile})"
-        ax[0].set(ylabel="sampled fraction of steps", xlabel="block index (model order)",
-                  title=f"{what}: sampled fraction per block after {steps} steps")
-        ax[0].legend(loc="upper right")
-        ax[1].bar(x, (scores / scores.mean().clamp_min(1e-300)).tolist(), width=1.0, color="tab:orange")
-        ax[1].set(ylabel="score / mean score", xlabel="block index (model order)", title="block scores (log)")
-        ax[1].set_yscale("log")
-        tr = state["trace"]
-        c = self.config
-        if tr.numel():
-            ax[2].plot(tr[:, 0].tolist(), tr[:, 1].tolist(), "o-", ms=3, label="budget f")
-            ax[2].plot(tr[:, 0].tolist(), tr[:, 2].tolist(), "s-", ms=3, label="N_eff / N")
-            ax[2].plot(tr[:, 0].tolist(), tr[:, 3].tolist(), "^-", ms=3, label="entropy H")
-            ax[2].set_xlim(0, max(steps, float(tr[-1, 0])))
-            title = f"budget updates (every T_B = {c.budget_every} steps)"
-        else:  # a short run (or a fixed budget): the budget every step used, and why it did not move
-            why = (f"no budget update yet (every T_B = {c.budget_every} steps; this run: {steps} steps)"
-                   if c.adaptive_budget else "fixed budget (adaptive_budget = false)")
-            ax[2].plot([0, steps], [state["budget"]] * 2, "-", label=f"budget f = {state['budget']:.3g} (every step)")
-            ax[2].text(0.5, 0.5, why, transform=ax[2].transAxes, ha="center", va="center", fontsize=10,
-                       color="dimgray")
-            ax[2].set(xlim=(0, steps), ylim=(0, 1))
-            title = "budget f per step" + (f" (updated every T_B = {c.budget_every} steps)" if c.adaptive_budget
-                                           else "")
-        ax[2].legend(loc="best", fontsize=8)
-        ax[2].xaxis.get_major_locator().set_params(integer=True)
-        ax[2].set(xlabel="step", ylabel="fraction", title=title)
-        fig.tight_layout()
-        png = out_dir / "curvzo_blocks.png"
-        fig.savefig(png, dpi=100)
-        plt.close(fig)
-        return [png, csv]
+        scores, pi = self.effective_scores(state), self.inclusion(state, blocks)
+        return [{"block": b.name, "numel": b.numel, "score": float(scores[i]), "pi": float(pi[i]),
+                 "sampled_count": int(counts[i]), "sampled_rate": float(counts[i]) / steps}
+                for i, b in enumerate(blocks)]

@@ -102,7 +102,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -377,19 +376,9 @@ class LOREN(ZOMethod):
         new["t"] = int(state.get("t", 0)) + 1
         return new, StepRecord(seed, tuple(losses), lr, tuple(cg), {"loss_mean": fmean})
 
-    # -- end-of-run artifacts ---------------------------------------------------------
-    def report(self, state, blocks: Sequence[Block], out_dir, run: str | None = None) -> list:
-        """``loren_a.csv`` and ``loren_a.png``: ‖a‖/√n and s = m‖a‖² per block; ``run`` names the
-        run in the title (e.g. ``loren on sst2 (smollm2-135m)``)."""
-        if not any(f"a/{b.name}" in state for b in blocks):
-            return []
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+    # -- end-of-run numbers (written and drawn by pipelines/method_reports.py) ------------
+    def block_table(self, state, blocks: Sequence[Block]) -> list[dict]:
+        """Per matrix block with a curvature vector a: its shape, ‖a‖/√n and s = m‖a‖²."""
         rows = []
         for b in blocks:
             a = state.get(f"a/{b.name}")
@@ -397,16 +386,5 @@ class LOREN(ZOMethod):
                 continue
             m, n = _shape(b)
             sq = float(a.double() @ a.double())
-            rows.append((b.name, m, n, math.sqrt(sq / n), m * sq))
-        csv = out_dir / "loren_a.csv"
-        csv.write_text("block,m,n,rms_a,s\n" + "".join(f"{r[0]},{r[1]},{r[2]},{r[3]:.6g},{r[4]:.6g}\n"
-                                                         for r in rows))
-        fig, ax = plt.subplots(figsize=(10, 4))
-        ax.bar(range(len(rows)), [r[3] for r in rows], width=1.0)
-        ax.set(xlabel="block index (model order)", ylabel="‖a‖/√n",
-               title=f"{run + ': ' if run else 'LOREN '}curvature vectors a per block after {state.get('t', 0)} steps")
-        fig.tight_layout()
-        png = out_dir / "loren_a.png"
-        fig.savefig(png, dpi=100)
-        plt.close(fig)
-        return [png, csv]
+            rows.append({"block": b.name, "m": m, "n": n, "rms_a": math.sqrt(sq / n), "s": m * sq})
+        return rows

@@ -80,7 +80,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from pydantic import Field
@@ -222,18 +221,13 @@ class ZOFinetuner(ZOMethod):
                  "sigma_min": float(sigma.min()), "trace_c": trace_c}
         return new, StepRecord(seed, (loss_plus, loss_minus), lr, (g,), extra)
 
-    # -- end-of-run artifacts ---------------------------------------------------
-    def report(self, state, blocks: Sequence[Block], out_dir) -> list:
-        """``zo_finetuner_sigma.csv``: last σ_b, c·σ_b and n_b per block."""
+    # -- end-of-run numbers (written by pipelines/method_reports.py) ----------------------
+    def block_table(self, state, blocks: Sequence[Block]) -> list[dict]:
+        """Per block: its effective count n_b, whether it is an embedding, the last σ_b and c·σ_b."""
         if self.counts is None:
             return []
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         sigma = state["sigma"]
         c = trace_scale(sigma, self.counts) if self.weights is not None else 1.0
-        lines = ["block,numel,effective_count,embedding,sigma,scale"]
-        lines += [f"{b.name},{b.numel},{int(self.counts[i])},{int(self.embedding[i])},{float(sigma[i]):.6g},"
-                  f"{c * float(sigma[i]):.6g}" for i, b in enumerate(blocks)]
-        path = out / "zo_finetuner_sigma.csv"
-        path.write_text("\n".join(lines) + "\n")
-        return [path]
+        return [{"block": b.name, "numel": b.numel, "effective_count": int(self.counts[i]),
+                 "embedding": int(self.embedding[i]), "sigma": float(sigma[i]), "scale": c * float(sigma[i])}
+                for i, b in enumerate(blocks)]
