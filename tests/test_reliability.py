@@ -18,24 +18,9 @@ import zoplatform
 from pipelines.checkpoint import OutDirLock
 from pipelines.cli import main as cli
 from pipelines.finetune import load_config, run
-from zoplatform.data import resolve_data_dir
+from tests.test_finetune import TINY, client, needs_data  # the same tiny run and helpers
 from zoplatform.errors import ConfigError, DataError, Diverged
 from zoplatform.loop import ZOStepper
-
-try:
-    DATA = resolve_data_dir(None)
-except zoplatform.ZOError:  # pragma: no cover
-    DATA = None
-needs_data = pytest.mark.skipif(DATA is None, reason="../shared/data not found")
-
-TINY = dict(model="tiny:llama", task="sst2", num_train=48, num_dev=16, num_test=24, batch_size=8, eval_every=5,
-            lr=1e-3, eps=1e-2, progress=False)
-
-
-def client(uri):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
 
 
 def interrupt_at(monkeypatch, n):
