@@ -51,23 +51,66 @@ def _client(tracking_uri: str | None):
     return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
 
 
-def policy_card(model_id: str, tasks: Sequence[str], card: Mapping[str, Any] | None = None) -> tuple[dict, str]:
+UNTRAINED_BELOW = 1e-3  # ||w - w0|| / ||w0|| under this: meta-training did not move the policy
+
+
+def _num(v) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def policy_verdict(rel_change, meta_val_gain=None) -> str:
+    """A plain-words quality signal: ``untrained: ω moved 4.5e-07 relative`` below :data:`UNTRAINED_BELOW`,
+    else ``trained: ω moved 0.31 relative``, then what meta-validation said."""
+    rel, gain = _num(rel_change), _num(meta_val_gain)
+    if rel is None:
+        moved = "movement unknown"
+    elif rel < UNTRAINED_BELOW:
+        moved = f"untrained: ω moved {rel:.2g} relative (under {UNTRAINED_BELOW:g}: it perturbs as the initial policy)"
+    else:
+        moved = f"trained: ω moved {rel:.2g} relative"
+    if gain is None:
+        val = "no meta-validation"
+    elif gain > 0:
+        val = f"meta-val gain {gain:+.3g} over σ = 1 (better than uniform on held-out batches)"
+    else:
+        val = f"meta-val gain {gain:+.3g} over σ = 1 (no better than uniform on held-out batches)"
+    return f"{moved}; {val}"
+
+
+def usage_line(model_id: str, alias: str = ALIAS) -> str:
+    """How to fine-tune with the registered policy."""
+    return (f"zo finetune --model {model_id} --method zo-finetuner --policy models:/{registered_name(model_id)}@"
+            f"{alias} --task <task> --lr <lr>")
+
+
+def policy_card(model_id: str, tasks: Sequence[str], card: Mapping[str, Any] | None = None,
+                data_seed: int | None = None) -> tuple[dict, str]:
     """(tags, description) of a registered policy version: base model, meta tasks, and from ``card``
     (``profile``, ``meta_steps``, ``policy_rel_change``, ``meta_val_gain``, ``meta_val_metric``, ...)
-    what meta-training did, plus the ``--policy models:/…`` usage line."""
+    what meta-training did with a plain-words verdict (:func:`policy_verdict`), plus the ``--policy
+    models:/…`` usage line. The description is markdown (the registry page renders it)."""
     card = dict(card or {})
-    name = registered_name(model_id)
-    usage = (f"zo finetune --model {model_id} --method zo-finetuner --policy models:/{name}@{ALIAS} "
-             f"--task <task> --lr <lr>")
+    usage = usage_line(model_id)
+    verdict = policy_verdict(card.get("policy_rel_change"), card.get("meta_val_gain"))
     tags = {k: str(v) for k, v in card.items()}
-    tags["usage"] = usage
-    lines = [f"ZO Fine-tuner perturbation policy for {model_id}.",
-             (f"meta tasks: {','.join(tasks)}; profile: {card.get('profile', '?')}; "
-             f"meta steps: {card.get('meta_steps', '?')}; kind: {card.get('policy_kind', '?')}."),
-             (f"movement ||w - w0|| / ||w0|| = {card.get('policy_rel_change', '?')}; "
-             f"meta-val gain over sigma=1 = {card.get('meta_val_gain', '?')} "
-             f"({card.get('meta_val_metric', 'no meta-validation')})."),
-             f"use: {usage}"]
+    tags.update(usage=usage, verdict=verdict)
+    seed = f" (data seed {data_seed})" if data_seed is not None else ""
+    lines = [f"**ZO Fine-tuner perturbation policy for `{model_id}`**, meta-trained on {','.join(tasks)}"
+             f"{seed}.",
+             "",
+             f"- **quality**: {verdict}",
+             f"- meta tasks: {','.join(tasks)}; profile: {card.get('profile', '?')}; meta steps: "
+             f"{card.get('meta_steps', '?')}; kind: {card.get('policy_kind', '?')}",
+             f"- movement ‖ω − ω₀‖ / ‖ω₀‖ = {card.get('policy_rel_change', '?')}; meta-val gain over σ = 1: "
+             f"{card.get('meta_val_gain', '?')} ({card.get('meta_val_metric', 'no meta-validation')}, "
+             f"epoch {card.get('meta_val_epoch', '?')})",
+             "",
+             "Use it:",
+             "",
+             f"    {usage}"]
     return tags, "\n".join(lines)
 
 
@@ -94,7 +137,7 @@ def register_policy(policy_dir: str | Path, model_id: str, tasks: Sequence[str],
     name = registered_name(model_id)
     tags = {"base_model": str(model_id), "meta_tasks": ",".join(tasks), "data_seed": str(data_seed),
             "policy_format": str(policy.schema["format"]), "n_blocks": str(len(policy.schema["blocks"]))}
-    card_tags, description = policy_card(model_id, tasks, card)
+    card_tags, description = policy_card(model_id, tasks, card, data_seed)
     tags.update(card_tags)
     tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
     own_run = run_id is None
@@ -114,7 +157,6 @@ def register_policy(policy_dir: str | Path, model_id: str, tasks: Sequence[str],
                                            description=f"ZO Fine-tuner perturbation policies for {model_id}")
         except MlflowException:  # created concurrently
             client.get_registered_model(name)
-    description = f"meta-trained on {','.join(tasks)} (data seed {data_seed})\n{description}"
     mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags, description=description)
     client.set_registered_model_alias(name, alias, mv.version)
     if own_run:

@@ -140,11 +140,12 @@ def plot_meta_curves(history: dict, path: Path, title: str, meta_val: list | Non
 def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
     """Execute the recipe; returns the JSON summary."""
     from meta.metatrain import meta_train
+    from meta.registry import policy_verdict
     from meta.registry import register_policy as register_in_mlflow
     from zoplatform.loop import peak_memory_mb, reset_peak_memory
     from zoplatform.models import load_model
     from zoplatform.objectives import make_scorer
-    from zoplatform.tracking import NullTracker, ending, mlflow_tracker
+    from zoplatform.tracking import NullTracker, ending, mlflow_tracker, set_note
 
     t_start = time.perf_counter()
     # 1. validate everything cheap first ------------------------------------
@@ -228,6 +229,11 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
         else:
             for f in sorted(policy_dir.iterdir()):
                 tracker.log_artifact(f, "policy")
+        summary["verdict"] = policy_verdict(res.policy_change, meta_val["gain_over_uniform"])
+        set_note(tracker, f"ZO Fine-tuner policy for {cfg.model}, meta-trained ({cfg.profile}, {res.steps} meta-steps) "
+                          f"on {','.join(cfg.tasks)}: {summary['verdict']}"
+                          + (f". Registered as `{summary['registered']['version_uri']}` (`{reg['uri']}`)."
+                             if cfg.register_policy else "."))
         summary["wall_time_s"] = round(time.perf_counter() - t_start, 2)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         return summary

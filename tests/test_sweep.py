@@ -141,6 +141,63 @@ def test_optuna_backend_gives_the_same_contract_and_resumes(tmp_path, uri, monke
     assert resumed and resumed[0].data.tags["zo.resumed_at_step"] == "2"  # continued in the same run
 
 
+def test_sweep_runs_explain_themselves_in_mlflow(tmp_path, uri, monkeypatch):
+    """Issue 19 through the MLflow client: trial names lead with t<N> and the searched values, the parent is named
+    by what it sweeps and carries the results table as its note, one name per quantity (best_dev_accuracy), the
+    objective on every trial at every evaluation, results.csv objective-first, a best_config.yaml that files a
+    plain fine-tune, and the UI links printed and in the summary."""
+    import csv
+
+    import yaml
+
+    monkeypatch.setattr(raytools, "connect", no_ray_here)
+    code, s, out = sweep(tmp_path, "--backend", "optuna", "--trials", "3", "--max-concurrent", "1",
+                         "--scheduler", "none")
+    assert code == 0 and s["status"] == "finished", out
+    c, parent, children = runs_of(uri, s["parent_run_id"])
+    assert parent.info.run_name == "sweep mezo on sst2 (tiny:llama)"
+    assert parent.data.tags["zo.sweep"] == s["sweep"] == "mezo-sst2-tiny_llama"
+    # the parent's note is the results table, best first, trials by the names of their runs
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("## sweep mezo on sst2 (tiny:llama)")
+    assert "| rank | best_dev_accuracy | trial | lr | eps | status |" in note
+    best = s["best"]
+    best_t = f"t{int(best['trial'])}"
+    assert f"| 1 | {best['best_dev_accuracy']:.4g} | {best_t} |" in note and f"Best: **{best_t}**" in note
+    assert (Path(s["storage"]) / "results" / "results.md").read_text() == note
+    assert "results.md" in {a.path for a in c.list_artifacts(parent.info.run_id)}
+    # one name per quantity on the parent
+    assert parent.data.metrics["best_dev_accuracy"] == pytest.approx(best["best_dev_accuracy"])
+    assert not [k for k in parent.data.metrics if k.startswith("best_best")]
+    # trials: t<N>, then the searched values (as the runs table shows them), then method and task
+    assert len(children) == 3
+    by_trial = {r.data.tags["zo.trial"]: r for r in children}
+    rows = {r["trial"]: r for r in json.loads((Path(s["storage"]) / "results" / "results.json").read_text())}
+    for key, run in by_trial.items():
+        p = rows[key]["params"]
+        assert run.info.run_name == f"t{int(key)} lr={p['lr']:.4g} eps={p['eps']:.4g} mezo sst2", run.info.run_name
+        # the objective at every evaluation (steps 0, 2, 4), its latest value what the sweep ranked by
+        hist = c.get_metric_history(run.info.run_id, "objective.best_dev_accuracy")
+        assert [m.step for m in hist] == [0, 2, 4]
+        assert hist[-1].value == pytest.approx(rows[key]["best_dev_accuracy"])
+        assert [m.value for m in hist] == sorted(m.value for m in hist)  # a best-so-far never drops
+    ranked_runs = sorted(children, key=lambda r: -r.data.metrics["objective.best_dev_accuracy"])
+    assert ranked_runs[0].data.metrics["objective.best_dev_accuracy"] == pytest.approx(best["best_dev_accuracy"])
+    # results.csv: the objective first, then the trial id, then the hyperparameters
+    with open(Path(s["storage"]) / "results" / "results.csv") as f:
+        header = next(csv.reader(f))
+    assert header[:5] == ["best_dev_accuracy", "trial", "lr", "eps", "status"]
+    # best_config.yaml files a plain fine-tune: nothing of the sweep's tracking
+    best_cfg = yaml.safe_load((Path(s["storage"]) / "results" / "best_config.yaml").read_text())
+    assert not {"experiment", "tracking", "tracking_uri", "parent_run_id", "run_name", "out_dir"} & set(best_cfg)
+    assert best_cfg["lr"] == best["params"]["lr"] and best_cfg["method"] == "mezo"
+    # the UI links: printed and in the summary
+    links = s["mlflow_ui"]
+    assert links["run"].endswith(f"/runs/{parent.info.run_id}?workflowType=machine_learning")
+    assert f"#/experiments/{parent.info.experiment_id}/runs?" in links["runs"]
+    assert f"MLflow sweep: {links['run']}" in out and f"MLflow runs: {links['runs']}" in out
+
+
 # ----------------------------------------------------------------------------- Ray backend
 def test_asha_sweep_logs_one_parent_and_a_child_per_trial(tmp_path, uri, ray_session):
     # dev loss as the objective: continuous, so ASHA's rungs (4 and 8 forward passes) usually stop some trials
@@ -158,6 +215,12 @@ def test_asha_sweep_logs_one_parent_and_a_child_per_trial(tmp_path, uri, ray_ses
     for r in children:
         steps = [m.step for m in c.get_metric_history(r.info.run_id, "dev_accuracy")]
         assert steps[0] == 0 and steps == sorted(set(steps)), steps  # logged once per evaluation
+        # named t<N> + the searched values; the objective at every evaluation, stopped or not
+        label = r.data.tags["zo.trial_label"]
+        assert r.info.run_name.startswith(f"{label} lr=") and r.info.run_name.endswith(" mezo sst2"), r.info.run_name
+        assert [m.step for m in c.get_metric_history(r.info.run_id, "objective.dev_loss")] == steps
+    assert sorted(r.data.tags["zo.trial_label"] for r in children) == ["t0", "t1", "t2", "t3"]
+    assert parent.data.metrics["best_dev_loss"] == pytest.approx(s["best"]["dev_loss"])
     assert s["best"]["mlflow_run_id"] in {r.info.run_id for r in children}
     arts = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"results.csv", "results.json", "best_config.yaml", "objective_vs_trial.png",

@@ -87,7 +87,7 @@ def run_optuna(cfg: SweepConfig, space, objectives, sweep_dir: Path, ctx: dict, 
             try:
                 s = run_trial(cfg, params, out_dir, trial_key=key, tracking_uri=ctx["tracking_uri"],
                               parent_run_id=ctx["parent_run_id"], report=report,
-                              extra_tags={"optuna_trial": str(trial.number)})
+                              extra_tags={"optuna_trial": str(trial.number)}, searched=ctx.get("searched", ()))
                 break
             except Exception as e:  # retried, then recorded as the trial's error
                 if attempt == cfg.max_failures:

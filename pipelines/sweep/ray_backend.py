@@ -66,6 +66,7 @@ def trainable(config: dict, sweep: dict, ctx: dict):
     if 0 < res["gpu"] < 1 and torch.cuda.is_available():  # fractions are logical: cap this trial's memory
         torch.cuda.set_per_process_memory_fraction(res["gpu"])
     trial_id = tune.get_context().get_trial_id()
+    label = tune.get_context().get_trial_name()  # trial_name: t<N>
     out_dir = Path(ctx["trials_dir"]) / trial_id
     ckpt = tune.get_checkpoint()
     if ckpt is not None:  # a retry or a restore: continue from the trajectory
@@ -86,11 +87,13 @@ def trainable(config: dict, sweep: dict, ctx: dict):
     try:
         s = run_trial(cfg, dict(config), out_dir, trial_key=trial_id, tracking_uri=ctx["tracking_uri"],
                       parent_run_id=ctx["parent_run_id"], report=report_with_checkpoint,
-                      extra_tags={"ray_trial_id": trial_id}, step_hook=ctx.get("after_step"))
+                      extra_tags={"ray_trial_id": trial_id}, step_hook=ctx.get("after_step"),
+                      searched=ctx.get("searched", ()), label=label)
         report_with_checkpoint({"best_dev_accuracy": s["best_dev_accuracy"],
                                 "dev_loss": s["final_dev_loss"], "forward_passes": s["forward_passes"],
                                 "test_accuracy": s["test_accuracy"], "done_training": 1,
-                                "mlflow_run_id": s["mlflow_run_id"], "trial_dir": str(out_dir)})
+                                "mlflow_run_id": s["mlflow_run_id"], "trial_dir": str(out_dir),
+                                "trial_label": label})
     except StoppedByBackend:
         raise SystemExit(0) from None  # how Ray's thread runner expects a stopped trial to end
     finally:
@@ -100,6 +103,13 @@ def trainable(config: dict, sweep: dict, ctx: dict):
 
 def trial_dirname(trial) -> str:
     return trial.trial_id
+
+
+def trial_name(trial) -> str:
+    """``t<N>``: the trial's place in the sweep, from 0 (Tune's experiment tag starts with its 1-based counter,
+    which the searcher's saved state carries over a restore); the trial id names its directory."""
+    n = str(trial.experiment_tag).split("_", 1)[0]
+    return f"t{int(n) - 1}" if n.isdigit() else trial.trial_id
 
 
 class SweepCallback(Callback):
@@ -201,7 +211,7 @@ def run_ray(cfg: SweepConfig, space, resources, objectives, sweep_dir: Path, ctx
             fn,
             tune_config=TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.max_concurrent),
                                    scheduler=scheduler, num_samples=cfg.trials, time_budget_s=cfg.time_budget_s,
-                                   trial_dirname_creator=trial_dirname,
+                                   trial_dirname_creator=trial_dirname, trial_name_creator=trial_name,
                                    # CPU trials reuse worker processes (no re-import per trial); GPU
                                    # trials get a fresh process each, so no memory is carried over
                                    reuse_actors=resources["gpu"] == 0),

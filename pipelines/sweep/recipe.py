@@ -11,12 +11,23 @@ from zoplatform.errors import ConfigError
 from .config import NOT_PERSISTED, SweepConfig, check_inputs, resume_hint, trial_finetune_config
 from .optuna_backend import run_optuna
 from .plots import make_plots
-from .results import importances, pareto_front, pick_best, write_table
+from .trial import objective_metric
+from .results import best_metric, importances, pareto_front, pick_best, results_markdown, searched, write_table
+
+# best_config.yaml is a plain fine-tune config: nothing that files the run under the sweep or points at its dirs
+NOT_IN_BEST_CONFIG = {"out_dir", "resume", "tracking", "tracking_uri", "experiment", "parent_run_id", "run_name",
+                      "progress"}
+
+
+def parent_name(cfg: SweepConfig) -> str:
+    """The sweep parent run's name: what it sweeps (``sweep curvzo on sst2 (smollm2-135m)``; the sweep dir's
+    name is its ``zo.sweep`` tag)."""
+    return f"sweep {cfg.method} on {cfg.task} ({cfg.model})"
 
 
 def run(cfg: SweepConfig) -> dict[str, Any]:
     """Run (or, with ``resume``, continue) a sweep; returns the JSON summary."""
-    from zoplatform.tracking import ending
+    from zoplatform.tracking import ending, print_links, set_note
     from zoplatform.tracking.mlflow import MlflowTracker, resolve_tracking_uri
 
     t0 = time.perf_counter()
@@ -41,7 +52,7 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
     # 2. driver state: sweep dir, MLflow experiment and parent run ----------------
     saved = json.loads(state_path.read_text()) if resume else {}
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    parent = MlflowTracker(tracking_uri=uri, experiment=cfg.experiment, run_name=sweep_dir.name,
+    parent = MlflowTracker(tracking_uri=uri, experiment=cfg.experiment, run_name=parent_name(cfg),
                            run_id=saved.get("parent_run_id"), system_metrics=False)
     persisted = cfg.model_dump(exclude=NOT_PERSISTED)
     parent.start({**persisted, "space": space.raw, "space_source": space.source},
@@ -53,7 +64,9 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
                                           "tracking_uri": uri, "created": time.time()}, indent=1, default=str))
     else:
         parent.set_tags({"zo.resumed": str(int(time.time()))})
-    ctx = {"tracking_uri": uri, "parent_run_id": parent.run_id, "trials_dir": str(sweep_dir / "trials")}
+        parent.set_name(parent_name(cfg))  # a parent made under the older naming (the sweep dir's name)
+    ctx = {"tracking_uri": uri, "parent_run_id": parent.run_id, "trials_dir": str(sweep_dir / "trials"),
+           "searched": searched(space)}
 
     started_ray = False
     try:
@@ -74,26 +87,37 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
             out.mkdir(exist_ok=True)
             best = pick_best(rows, objectives)
             front = pareto_front(rows, objectives) if len(objectives) > 1 else []
+            imps_note = None
             try:
                 imps = importances(rows, space, objectives)
             except Exception as e:  # noqa: BLE001 - too few or constant trials: no importances, say why
-                imps = {}
-                parent.set_tags({"zo.importances": f"not computed: {type(e).__name__}: {e}"[:500]})
-            files = [write_table(rows, space, out / "results.csv")]
+                imps, imps_note = {}, str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+                parent.set_tags({"zo.importances": f"not computed: {imps_note}"[:500]})
+            counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped_early", "failed",
+                                                                         "interrupted")}
+            what = f"{cfg.method} on {cfg.task} ({cfg.model})"
+            tally = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if v)
+            about = (f"{len(rows)} trials ({tally}) of {cfg.steps} steps each; backend {cfg.backend}, scheduler "
+                     f"{cfg.scheduler}; sweep dir `{sweep_dir}`. Each trial is a child run named `t<N> "
+                     f"<hyperparameters> {cfg.method} {cfg.task}`, its objective logged at every evaluation as "
+                     f"`{objective_metric(objectives[0][1])}`.")
+            md = results_markdown(rows, space, objectives, title=f"sweep {what}", best=best, front=front,
+                                  about=about)
+            (out / "results.md").write_text(md)
+            files = [out / "results.md", write_table(rows, space, out / "results.csv", objectives)]
             (out / "results.json").write_text(json.dumps([{k: v for k, v in r.items()} for r in rows], indent=1))
             files.append(out / "results.json")
             if best is not None:
                 ft = trial_finetune_config(cfg, best["params"], out_dir=Path(best["trial_dir"]), resume=False,
                                            run_name=f"{sweep_dir.name}-best", tracking_uri=None, parent_run_id=None)
-                best_cfg = ft.model_dump(exclude={"out_dir", "resume", "tracking_uri", "parent_run_id", "run_name",
-                                                  "progress", "tracking"})
+                best_cfg = ft.model_dump(exclude=NOT_IN_BEST_CONFIG)
                 import yaml
 
                 (out / "best_config.yaml").write_text(
                     f"# best trial {best['trial']} of sweep {sweep_dir.name}: zo finetune --config best_config.yaml\n"
                     + yaml.safe_dump(best_cfg, sort_keys=False))
                 files.append(out / "best_config.yaml")
-            files += make_plots(rows, objectives, imps, out)
+            files += make_plots(rows, objectives, imps, out, what=what, imps_note=imps_note)
             confirmed = None
             if cfg.confirm_seeds and not interrupted:  # did tuning help? pipelines/confirm.py
                 from pipelines.confirm import confirm
@@ -101,14 +125,15 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
                 confirmed = confirm(cfg, space, rows, objectives, sweep_dir, parent, uri)
             for f in files:
                 parent.log_artifact(f)
-            counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped_early", "failed",
-                                                                         "interrupted")}
             metrics = {f"trials_{k}": v for k, v in counts.items()}
             if best is not None:
-                metrics |= {f"best_{m}": best[m] for _, m, _ in objectives if best.get(m) is not None}
+                metrics |= {best_metric(m): best[m] for _, m, _ in objectives if best.get(m) is not None}
                 if best.get("test_accuracy") is not None:
                     metrics["best_test_accuracy"] = best["test_accuracy"]
             parent.log_metrics(metrics, 0)
+            set_note(parent, md)
+            links = parent.ui_links()
+            print_links(links, "sweep")
             if interrupted:
                 run_end.status, run_end.reason = "KILLED", resume_hint(cfg)
 
@@ -122,6 +147,7 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
                 "objectives": [{"name": n, "metric": m, "mode": d} for n, m, d in objectives],
                 "best": public(best), "pareto": [public(r) for r in front], "importances": imps,
                 "parent_run_id": parent.run_id, "experiment": cfg.experiment, "tracking_uri": uri,
+                "mlflow_ui": links,
                 "storage": str(sweep_dir), "artifacts": [str(f) for f in files],
                 "wall_time_s": round(time.perf_counter() - t0, 2),
                 **({"resume_with": run_end.reason} if interrupted else {}),

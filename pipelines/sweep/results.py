@@ -9,6 +9,41 @@ from pathlib import Path
 from typing import Any
 
 
+def trial_label(key: str) -> str:
+    """A trial's short name from its key: ``t<N>`` for an Optuna trial number (``0003`` -> ``t3``); a Ray trial id
+    (random hex) names itself (Ray trials get their ``t<N>`` from :func:`.ray_backend.trial_name`)."""
+    return f"t{int(key)}" if key.isdigit() else key
+
+
+def label_of(row: dict) -> str:
+    """A results row's short name (``t3``), as its run's name starts."""
+    return row.get("label") or trial_label(row["trial"])
+
+
+NAME_PARAMS = 3  # searched hyperparameters shown in a trial's run name (all of them are its params)
+
+
+def searched(space) -> list[str]:
+    """The names of the space's sampled (not fixed) hyperparameters, in its order."""
+    return [p.name for p in space.params if p.dist != "fixed"]
+
+
+def trial_run_name(label: str, params: dict, names, method: str, task: str) -> str:
+    """What tells trials apart first: ``t3 lr=4.43e-06 eps=0.001 mezo sst2``: the searched hyperparameters
+    ``names`` the trial has (at most :data:`NAME_PARAMS`, then ``…``)."""
+    from zoplatform.tracking import format_param
+
+    names = [n for n in names if n in params]
+    shown = [f"{n}={format_param(params[n])}" for n in names[:NAME_PARAMS]] + (["…"] if len(names) > NAME_PARAMS
+                                                                                else [])
+    return " ".join([label, *shown, method, task])
+
+
+def best_metric(metric: str) -> str:
+    """The parent run's name for the best trial's value of ``metric`` (``best_dev_accuracy`` stays itself)."""
+    return metric if metric.startswith("best_") else f"best_{metric}"
+
+
 def tracking_client(uri: str):
     from zoplatform.tracking.mlflow import open_client
 
@@ -57,7 +92,7 @@ def make_row(key: str, params: dict, status: str, m: dict, trial_dir: Path) -> d
     fp = num("forward_passes")
     if fp is None and curve:
         fp = float(curve[-1][0])
-    return {"trial": key, "status": status, "params": params,
+    return {"trial": key, "label": m.get("trial_label") or trial_label(key), "status": status, "params": params,
             "best_dev_accuracy": num("best_dev_accuracy"), "dev_loss": num("dev_loss"),
             "forward_passes": fp, "test_accuracy": num("test_accuracy"),
             "mlflow_run_id": m.get("mlflow_run_id"), "trial_dir": str(trial_dir), "curve": curve}
@@ -86,16 +121,64 @@ def pick_best(rows: list[dict], objectives) -> dict | None:
     return max(pool, key=lambda r: (sign * r[metric], -(r["forward_passes"] or 0.0)))
 
 
-def write_table(rows: list[dict], space, path: Path) -> Path:
-    cols = ["trial", "status", *space.names, "best_dev_accuracy", "dev_loss", "forward_passes", "test_accuracy",
-            "mlflow_run_id"]
+METRICS = ("best_dev_accuracy", "dev_loss", "forward_passes", "test_accuracy")
+
+
+def write_table(rows: list[dict], space, path: Path, objectives=(("acc", "best_dev_accuracy", "max"),)) -> Path:
+    """results.csv, a row per trial: the objective column(s) first, then the trial id, the hyperparameters,
+    the status, the other metrics and the MLflow run id."""
+    first = [m for _, m, _ in objectives]
+    rest = [m for m in METRICS if m not in first]
+
+    def val(v):
+        return "" if v is None else v
+
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(cols)
+        w.writerow([*first, "trial", *space.names, "status", *rest, "mlflow_run_id"])
         for r in rows:
-            w.writerow([r["trial"], r["status"], *[r["params"].get(n, "") for n in space.names],
-                        *[("" if r[c] is None else r[c]) for c in cols[2 + len(space.names):]]])
+            w.writerow([*[val(r.get(m)) for m in first], r["trial"], *[r["params"].get(n, "") for n in space.names],
+                        r["status"], *[val(r.get(m)) for m in rest], val(r.get("mlflow_run_id"))])
     return path
+
+
+def ranked(rows: list[dict], objectives) -> list[dict]:
+    """Rows best first on the first objective (ties: fewer forward passes); rows without a value last."""
+    _, metric, mode = objectives[0]
+    sign = -1.0 if mode == "max" else 1.0
+    return sorted(rows, key=lambda r: (r.get(metric) is None, sign * (r.get(metric) or 0.0),
+                                       r.get("forward_passes") or 0.0))
+
+
+def _cell(v) -> str:
+    from zoplatform.tracking import format_param
+
+    return "" if v is None or v == "" else format_param(v).replace("|", "\\|")
+
+
+def results_markdown(rows: list[dict], space, objectives, *, title: str, best: dict | None,
+                     front: list[dict] | None = None, about: str = "") -> str:
+    """results.md, the sweep parent's description: the trials ranked by the objective as a table (the
+    searched hyperparameters, status, forward passes, test accuracy), then the best trial."""
+    names = searched(space)
+    obj = [m for _, m, _ in objectives]
+    on_front = {r["trial"] for r in front or []}
+    tail = [c for c in ("forward_passes", "test_accuracy") if c not in obj]
+    head = ["rank", *obj, "trial", *names, "status", *tail]
+    lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, r in enumerate(ranked(rows, objectives), 1):
+        label = label_of(r) + (" ★" if r["trial"] in on_front else "")
+        cells = [str(i), *[_cell(r.get(m)) for m in obj], label, *[_cell(r["params"].get(n)) for n in names],
+                 r["status"].replace("_", " "), *[_cell(r.get(c)) for c in tail]]
+        lines.append("| " + " | ".join(cells) + " |")
+    objs = ", ".join(f"{m} ({'higher' if d == 'max' else 'lower'} is better)" for _, m, d in objectives)
+    lines += ["", f"Ranked by {objs}" + ("; ★ = Pareto front" if on_front else "") + "."]
+    if best is not None:
+        lines += ["", f"Best: **{label_of(best)}** (trial {best['trial']}); its config is the "
+                     f"artifact `best_config.yaml`: `zo finetune --config best_config.yaml`."]
+    if about:
+        lines += ["", about]
+    return "\n".join(lines) + "\n"
 
 
 class _Replay:
@@ -127,6 +210,11 @@ def importances(rows: list[dict], space, objectives) -> dict[str, float]:
     import search_spaces
 
     _, metric, mode = objectives[0]
+    values = [r[metric] for r in rows if r.get(metric) is not None and r["status"] != "failed"]
+    if len(values) < 2:
+        raise ValueError(f"fewer than 2 trials with a {metric}")
+    if len(set(values)) == 1:
+        raise ValueError("objective constant")
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for r in rows:
         if r.get(metric) is None or r["status"] == "failed":
@@ -139,7 +227,7 @@ def importances(rows: list[dict], space, objectives) -> dict[str, float]:
         study.add_trial(optuna.trial.create_trial(params={k: r["params"][k] for k in rep.dists},
                                                   distributions=rep.dists, value=r[metric]))
     if len(study.trials) < 2:
-        return {}
+        raise ValueError("fewer than 2 trials in the space")
     return dict(optuna.importance.get_param_importances(study))
 
 

@@ -9,13 +9,14 @@ backend from ``on_eval``; a backend that wants the trial to end early says so by
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from zoplatform.tracking.mlflow import MlflowTracker
 
-from .config import SweepConfig, resume_hint, sweep_name, trial_finetune_config
+from .config import OBJECTIVES, SweepConfig, resume_hint, sweep_name, trial_finetune_config
+from .results import trial_label, trial_run_name
 
 STATE_FILES = ("state.json", "trajectory.jsonl")
 RUN_ID_FILE = "mlflow_run_id"
@@ -28,6 +29,12 @@ class StoppedByBackend(BaseException):  # not an error: the backend ended the tr
     an interrupted sweep alike; the trial cannot tell which).  The Ray adapter turns that into this exception for
     the objective core (a BaseException, so no ``except Exception`` on the way swallows it) and back into
     ``SystemExit(0)`` at the trainable's edge, which is how Ray's thread runner expects a stopped trial to end."""
+
+
+def objective_metric(metric: str) -> str:
+    """The name a trial's run logs a sweep objective under at every evaluation (``objective.best_dev_accuracy``:
+    not the fine-tune's own ``best_dev_accuracy``, a one-off value at step 0)."""
+    return f"objective.{metric}"
 
 
 def after_step(out_dir: Path, steps: int) -> None:
@@ -57,6 +64,8 @@ class TrialTracker(MlflowTracker):
         resumed = self.run_id is not None
         super().start(params, {**(tags or {}), **self.extra_tags})
         (self.out_dir / RUN_ID_FILE).write_text(self.run_id)
+        if resumed and self.run_name:  # a run made under an older naming gets today's name
+            self.set_name(self.run_name)
         if resumed:  # the previous attempt's end reason no longer applies
             try:
                 self.client.delete_tag(self.run_id, "zo.end_reason")
@@ -80,14 +89,17 @@ class TrialTracker(MlflowTracker):
 
 def run_trial(cfg: SweepConfig, params: dict[str, Any], out_dir: Path, *, trial_key: str, tracking_uri: str,
               parent_run_id: str, report: Callable[[dict], bool], extra_tags: dict[str, str] | None = None,
-              step_hook: Callable[[Path, int], None] | None = None) -> dict:
+              step_hook: Callable[[Path, int], None] | None = None, searched: Sequence[str] = (),
+              label: str | None = None) -> dict:
     """One trial = one fine-tune in ``out_dir`` logged to a child run of the sweep.
 
     ``report(metrics)`` is called after every dev evaluation (and its checkpoint)
     with dev accuracy/loss, the best dev accuracy so far and the forward passes;
     returning True ends training early (a pruned trial still finishes its run).
     If ``out_dir`` holds a checkpoint the trial resumes from it, in the same run.
-    ``step_hook`` (default :func:`after_step`) runs after every step.
+    ``step_hook`` (default :func:`after_step`) runs after every step. ``searched``: the space's sampled
+    hyperparameters, shown in the run's name (``t3 lr=4.43e-06 eps=0.001 mezo sst2``) after ``label`` (default
+    :func:`.results.trial_label` of the key).
     """
     from pipelines.finetune import run
 
@@ -96,13 +108,16 @@ def run_trial(cfg: SweepConfig, params: dict[str, Any], out_dir: Path, *, trial_
     run_id = (saved or {}).get("run_id")
     if run_id is None and (out_dir / RUN_ID_FILE).is_file():  # failed before its first checkpoint
         run_id = (out_dir / RUN_ID_FILE).read_text().strip() or None
-    run_name = f"{sweep_name(cfg)}-{trial_key}"
+    label = label or trial_label(trial_key)
+    run_name = trial_run_name(label, params, searched or params, cfg.method, cfg.task)
+    objective_metrics = [OBJECTIVES[o][0] for o in cfg.objectives]
     ft = trial_finetune_config(cfg, params, out_dir=out_dir, resume=saved is not None, run_name=run_name,
                                tracking_uri=tracking_uri, parent_run_id=parent_run_id)
     tracker = TrialTracker(out_dir=out_dir, tracking_uri=tracking_uri, experiment=cfg.experiment,
                            run_name=run_name, parent_run_id=parent_run_id, run_id=run_id,
                            interrupted_reason=resume_hint(cfg),
                            tags={"zo.kind": "sweep-trial", "zo.sweep": sweep_name(cfg), "zo.trial": trial_key,
+                                 "zo.trial_label": label,
                                  **(extra_tags or {})})
     hook = step_hook or after_step
     stop, steps_here = False, 0
@@ -111,7 +126,11 @@ def run_trial(cfg: SweepConfig, params: dict[str, Any], out_dir: Path, *, trial_
         nonlocal stop
         metrics = {"step": step, "dev_accuracy": m["dev_accuracy"], "dev_loss": m["dev_loss"],
                    "best_dev_accuracy": history.best_dev_accuracy, "forward_passes": m["forwards"],
-                   "mlflow_run_id": tracker.run_id, "trial_dir": str(out_dir)}
+                   "mlflow_run_id": tracker.run_id, "trial_dir": str(out_dir), "trial_label": label}
+        # the sweep's objective(s) as of this evaluation, on the trial's run: its latest value is what the
+        # backend ranks (a stopped trial's included), so sorting the trials by it in the UI ranks them right
+        tracker.log_metrics({objective_metric(k): metrics[k] for k in objective_metrics}, step)
+        tracker.flush()  # right after the checkpoint, as the fine-tune's own eval metrics
         try:
             stop = bool(report(metrics)) or stop
         except StoppedByBackend:

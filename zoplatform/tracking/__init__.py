@@ -135,10 +135,17 @@ EXPERIMENT_NOTES = {
                "s<seed>` (a fine-tune run). Parent metrics: test_accuracy/<label>/<task> (mean over seeds), "
                "test_accuracy_std/..., final_dev_loss/..., peak_memory_mb/<label>, paired.<label>.<task>.*. "
                + _SUMMARY + " Artifacts: results.md/csv/json, dev_curves_<task>.png, peak_memory.png.",
-    "sweep": "zoplatform hyperparameter sweeps (`zo sweep`): one parent run per sweep (results, best_config.yaml, "
-             "plots) and a child run per trial (a fine-tune run).",
+    "sweep": "zoplatform hyperparameter sweeps (`zo sweep`): one parent run per sweep, named `sweep <method> on "
+             "<task> (<model>)` (its directory: tag zo.sweep), whose description is the results table (results.md: "
+             "the trials ranked by the objective); a child run per trial (a fine-tune run), named `t<N> <searched "
+             "hyperparameters> <method> <task>`, with the sweep objective logged at every evaluation as "
+             "`objective.<metric>` (e.g. objective.best_dev_accuracy: sort the trials by it). Parent metrics: "
+             "best_dev_accuracy (the best trial's), best_test_accuracy, trials_<status>. Artifacts: results.md/csv/"
+             "json, best_config.yaml (a plain fine-tune config: `zo finetune --config best_config.yaml`), "
+             "objective_vs_trial.png, accuracy_vs_forward_passes.png, param_importances.png.",
     "meta-train": "zoplatform ZO Fine-tuner policy meta-training (`zo meta-train`): one run per policy "
-                  "(meta-validation metrics, policy artifact, registry version).",
+                  "(meta-validation metrics, policy artifact, registry version), its description a plain-words "
+                  "verdict (did ω move; meta-val gain over σ = 1).",
 }
 
 
