@@ -12,7 +12,6 @@ exactly where the run stopped, in the same MLflow run.
 from __future__ import annotations
 
 import contextlib
-import math
 import platform
 import time
 import warnings
@@ -27,7 +26,19 @@ from zoplatform.errors import ConfigError, Diverged
 from zoplatform.jsonio import write_json
 
 from .checkpoint import TRAJECTORY_FILE, OutDirLock, load_trajectory, read_state, resume_config, write_checkpoint
-from .runinfo import default_run_name, method_report, plot_history, run_note, run_params, summary_metrics
+from .runinfo import (  # noqa: F401  (PREDICTIONS_FILE, save_predictions: re-exported for their callers)
+    PREDICTIONS_FILE,
+    default_run_name,
+    fo_autocast,
+    history_from,
+    method_report,
+    plot_history,
+    replica_hashes,
+    run_note,
+    run_params,
+    save_predictions,
+    summary_metrics,
+)
 
 FO_METHODS = {"fo": "first-order AdamW (backprop) baseline"}
 SMALL_TRAIN_TASKS = {"cb", "copa", "wsc"}  # dev = 100 (MeZO: CB/COPA; WSC has 554 train rows)
@@ -165,22 +176,6 @@ def split_sizes(task: str, data_dir, num_train: int, num_dev: int | None) -> tup
         num_dev = min(num_dev, 100 if available > 200 else max(1, available // 4))
         num_train = min(num_train, available - num_dev)
     return num_train, num_dev
-
-
-PREDICTIONS_FILE = "predictions.npz"
-
-
-def save_predictions(path: Path, result, examples) -> Path:
-    """Per-example test predictions of the selected model (``pred``, ``label``, ``uid`` in test-set order), so
-    paired statistics can be recomputed from finished runs without re-running them."""
-    import numpy as np
-
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, pred=np.asarray(result.predictions, dtype=np.int16),
-                        label=np.asarray(result.labels, dtype=np.int16),
-                        uid=np.asarray([e.uid for e in examples], dtype=str))
-    tmp.replace(path)
-    return path
 
 
 def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> dict[str, Any]:
@@ -457,43 +452,8 @@ def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval,
         return summary
 
 
-def replica_hashes(named) -> list[str]:
-    """sha256 of this worker's trainable weights, gathered from every worker (rank order)."""
-    import hashlib
-
-    import torch.distributed as dist
-
-    h = hashlib.sha256()
-    for _, p in named:
-        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, h.hexdigest())
-    return out
-
-
 def run_precision(cfg: FinetuneConfig) -> str:
     """The run's precision mode: ``precision`` if given, else the one ``dtype`` names (float32 -> fp32)."""
     from zoplatform.precision import DTYPE_NAMES
 
     return cfg.precision or DTYPE_NAMES[cfg.dtype]
-
-
-def fo_autocast(method, precision: str, device):
-    """The first-order baseline in a mixed mode: fp32 weights and AdamW, the forward under autocast."""
-    import contextlib
-
-    from zoplatform.precision import compute_dtype, is_mixed
-
-    if method is not None or not is_mixed(precision):
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=compute_dtype(precision))
-
-
-def history_from(h: dict):
-    """A :class:`~zoplatform.loop.History` from its JSON form (null best loss = none yet)."""
-    from zoplatform.loop import History
-
-    return History(train=[tuple(x) for x in h["train"]], evals=h["evals"], best_step=h["best_step"],
-                   best_dev_accuracy=h["best_dev_accuracy"],
-                   best_dev_loss=math.inf if h["best_dev_loss"] is None else h["best_dev_loss"],
-                   forwards=h["forwards"], steps_done=h["steps_done"], wall_s=h["wall_s"])

@@ -2,7 +2,10 @@
 summary metrics, the method's end-of-run artifacts and ``curves.png`` (split out of :mod:`pipelines.finetune`)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+import torch
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -127,3 +130,54 @@ def plot_history(history, path: Path, title: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+PREDICTIONS_FILE = "predictions.npz"
+
+
+def save_predictions(path: Path, result, examples) -> Path:
+    """Per-example test predictions of the selected model (``pred``, ``label``, ``uid`` in test-set order), so
+    paired statistics can be recomputed from finished runs without re-running them."""
+    import numpy as np
+
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, pred=np.asarray(result.predictions, dtype=np.int16),
+                        label=np.asarray(result.labels, dtype=np.int16),
+                        uid=np.asarray([e.uid for e in examples], dtype=str))
+    tmp.replace(path)
+    return path
+
+
+def replica_hashes(named) -> list[str]:
+    """sha256 of this worker's trainable weights, gathered from every worker (rank order)."""
+    import hashlib
+
+    import torch.distributed as dist
+
+    h = hashlib.sha256()
+    for _, p in named:
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, h.hexdigest())
+    return out
+
+
+def fo_autocast(method, precision: str, device):
+    """The first-order baseline in a mixed mode: fp32 weights and AdamW, the forward under autocast."""
+    import contextlib
+
+    from zoplatform.precision import compute_dtype, is_mixed
+
+    if method is not None or not is_mixed(precision):
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=compute_dtype(precision))
+
+
+def history_from(h: dict):
+    """A :class:`~zoplatform.loop.History` from its JSON form (null best loss = none yet)."""
+    from zoplatform.loop import History
+
+    return History(train=[tuple(x) for x in h["train"]], evals=h["evals"], best_step=h["best_step"],
+                   best_dev_accuracy=h["best_dev_accuracy"],
+                   best_dev_loss=math.inf if h["best_dev_loss"] is None else h["best_dev_loss"],
+                   forwards=h["forwards"], steps_done=h["steps_done"], wall_s=h["wall_s"])
