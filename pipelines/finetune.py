@@ -26,6 +26,7 @@ from zoplatform.errors import ConfigError, Diverged
 from zoplatform.jsonio import write_json
 
 from .checkpoint import TRAJECTORY_FILE, OutDirLock, load_trajectory, read_state, resume_config, write_checkpoint
+from .sampling import SMALL_TRAIN_TASKS, sample_data, split_sizes  # noqa: F401  (re-exported)
 from .runinfo import (  # noqa: F401  (PREDICTIONS_FILE, save_predictions: re-exported for their callers)
     PREDICTIONS_FILE,
     default_run_name,
@@ -41,7 +42,6 @@ from .runinfo import (  # noqa: F401  (PREDICTIONS_FILE, save_predictions: re-ex
 )
 
 FO_METHODS = {"fo": "first-order AdamW (backprop) baseline"}
-SMALL_TRAIN_TASKS = {"cb", "copa", "wsc"}  # dev = 100 (MeZO: CB/COPA; WSC has 554 train rows)
 
 
 class FinetuneConfig(StrictModel):
@@ -162,22 +162,6 @@ def check_inputs(cfg: FinetuneConfig):
     return task, method, data_dir
 
 
-def split_sizes(task: str, data_dir, num_train: int, num_dev: int | None) -> tuple[int, int]:
-    """MeZO's sizes (§1.3): dev 500 (100 for CB/COPA); on small train sets
-    (CB, COPA, WSC) train on what is left after dev, as MeZO's code does."""
-    from zoplatform.data import load_split
-
-    num_dev = num_dev or (100 if task in SMALL_TRAIN_TASKS else 500)
-    try:
-        available = len(load_split(task, "train", data_dir))
-    except Exception:  # e.g. BoolQ here has no train file: sample_splits handles it
-        return num_train, num_dev
-    if num_train + num_dev > available:
-        num_dev = min(num_dev, 100 if available > 200 else max(1, available // 4))
-        num_train = min(num_train, available - num_dev)
-    return num_train, num_dev
-
-
 def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> dict[str, Any]:
     """Execute the recipe; returns the JSON summary.
 
@@ -225,19 +209,6 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
                 import torch.distributed as dist
 
                 dist.destroy_process_group()
-
-
-def sample_data(cfg: FinetuneConfig, data_dir):
-    """The run's train/dev/test sample, and the bounds that depend on it (checked before any work)."""
-    from zoplatform.data import sample_splits
-
-    num_train, num_dev = split_sizes(cfg.task, data_dir, cfg.num_train, cfg.num_dev)
-    splits = sample_splits(cfg.task, data_dir=data_dir, num_train=num_train, num_dev=num_dev,
-                           num_test=cfg.num_test, seed=cfg.seed)
-    if cfg.steps > 0 and cfg.batch_size > len(splits.train):
-        raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(splits.train)} train examples of "
-                          f"{cfg.task}; allowed: 1..{len(splits.train)}")
-    return splits
 
 
 def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval, should_stop, t_start, w):
