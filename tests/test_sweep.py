@@ -4,6 +4,7 @@ interrupt + ``--resume``, a crashed trial retried from its checkpoint, bad input
 rejected before Ray starts."""
 import json
 import signal
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -159,12 +160,12 @@ def test_sweep_runs_explain_themselves_in_mlflow(tmp_path, uri, monkeypatch):
     assert parent.data.tags["zo.sweep"] == s["sweep"] == "mezo-sst2-tiny_llama"
     # the parent's note is the results table, best first, trials by the names of their runs
     note = parent.data.tags["mlflow.note.content"]
-    assert note.startswith("## sweep mezo on sst2 (tiny:llama)")
-    assert "| rank | best_dev_accuracy | trial | lr | eps | status |" in note
+    assert note.startswith("| rank | best_dev_accuracy | trial | lr | eps | status |")  # the table first
     best = s["best"]
     best_t = f"t{int(best['trial'])}"
     assert f"| 1 | {best['best_dev_accuracy']:.4g} | {best_t} |" in note and f"Best: **{best_t}**" in note
-    assert (Path(s["storage"]) / "results" / "results.md").read_text() == note
+    md = (Path(s["storage"]) / "results" / "results.md").read_text()
+    assert md == "## sweep mezo on sst2 (tiny:llama)\n\n" + note
     assert "results.md" in {a.path for a in c.list_artifacts(parent.info.run_id)}
     # one name per quantity on the parent
     assert parent.data.metrics["best_dev_accuracy"] == pytest.approx(best["best_dev_accuracy"])
@@ -196,6 +197,12 @@ def test_sweep_runs_explain_themselves_in_mlflow(tmp_path, uri, monkeypatch):
     assert links["run"].endswith(f"/runs/{parent.info.run_id}?workflowType=machine_learning")
     assert f"#/experiments/{parent.info.experiment_id}/runs?" in links["runs"]
     assert f"MLflow sweep: {links['run']}" in out and f"MLflow runs: {links['runs']}" in out
+    # ... and the trials alone, best first (the runs view reads its filter and sort from the URL)
+    q = urllib.parse.parse_qs(urllib.parse.urlsplit(links["trials"].split("#", 1)[1]).query)
+    assert q["orderByKey"] == ["metrics.`objective.best_dev_accuracy`"] and q["orderByAsc"] == ["false"]
+    found = c.search_runs([parent.info.experiment_id], filter_string=q["searchFilter"][0])
+    assert sorted(r.info.run_id for r in found) == sorted(r.info.run_id for r in children)
+    assert f"MLflow trials, best first: {links['trials']}" in out
 
 
 # ----------------------------------------------------------------------------- Ray backend

@@ -1,6 +1,7 @@
 """The MLflow UI check a person would otherwise do by hand (issue 19), marked ``ui``.
 
-A tiny store is made with the real commands (``zo finetune`` and ``zo compare`` on ``tiny:llama``, SQLite);
+A tiny store is made with the real commands (``zo finetune``, ``zo compare``, ``zo sweep`` (Optuna backend) and
+``zo meta-train --register`` on ``tiny:llama``, SQLite);
 ``mlflow ui`` is started with the command they print; then
 
 * through the REST API: run names, params (one name each, resolved values), one-off results as step-0 metrics,
@@ -108,6 +109,12 @@ def store(tmp_path_factory):
     cmp, cmp_err = _zo(["compare", *SIZES, "--methods", "mezo,mezo-copy", "--tasks", "sst2", "--seeds", "1",
                         "--forward-budget", "8", "--eval-points", "2", "--configs", str(root / "configs.yaml"),
                         "--out", str(root / "cmp"), "--tracking-uri", uri], root, env)
+    sw, sw_err = _zo(["sweep", *SIZES, "--task", "sst2", "--method", "mezo", "--steps", "4", "--eval-every", "2",
+                      "--backend", "optuna", "--trials", "3", "--max-concurrent", "1", "--scheduler", "none",
+                      "--storage", str(root / "sweeps"), "--tracking-uri", uri], root, env)
+    meta, meta_err = _zo(["meta-train", "--model", "tiny:llama", "--tasks", "copa", "--epochs", "1",
+                          "--steps-per-epoch", "2", "--num-train", "8", "--num-dev", "4", "--batch-size", "4",
+                          "--register", "--tracking-uri", uri, "--out-dir", str(root / "meta")], root, env)
     start = re.search(r"start the UI first: (.+?)\)?$", ft_err, re.MULTILINE)
     assert start, ft_err[-2000:]
     argv = shlex.split(start.group(1))
@@ -127,7 +134,8 @@ def store(tmp_path_factory):
                 if time.time() > deadline or ui.poll() is not None:
                     raise RuntimeError("mlflow ui did not become healthy") from None
                 time.sleep(0.5)
-        yield {"base": base, "ft": ft, "ft_err": ft_err, "cmp": cmp, "cmp_err": cmp_err, "root": root}
+        yield {"base": base, "ft": ft, "ft_err": ft_err, "cmp": cmp, "cmp_err": cmp_err, "sw": sw, "sw_err": sw_err,
+               "meta": meta, "root": root}
     finally:
         os.killpg(ui.pid, 15)
         ui.wait(timeout=30)
@@ -190,6 +198,38 @@ def test_names_params_summary_values_and_notes_through_the_rest_api(store):
     assert _kv(cexp.get("tags"))["mlflow.note.content"].startswith("zoplatform method comparisons")
 
 
+def test_sweep_and_registry_explain_themselves_through_the_rest_api(store):
+    base, sw, meta = store["base"], store["sw"], store["meta"]
+    # the printed sweep link opens the parent; the runs view lists it and its trials
+    links = sw["mlflow_ui"]
+    assert _printed(store["sw_err"], "sweep") == links["run"] and _printed(store["sw_err"], "runs") == links["runs"]
+    runs = _search(base, _exp_id(links["runs"]))
+    by_id = {r["info"]["run_id"]: r for r in runs}
+    parent = by_id[sw["parent_run_id"]]
+    assert parent["info"]["run_name"] == "sweep mezo on sst2 (tiny:llama)"
+    ptags = _kv(parent["data"].get("tags"))
+    assert ptags["zo.sweep"] == "mezo-sst2-tiny_llama"
+    note = ptags["mlflow.note.content"]
+    assert note.startswith("| rank | best_dev_accuracy | trial | lr | eps | status |") and note.count("\n| ") == 3
+    pm = {m["key"]: float(m["value"]) for m in parent["data"].get("metrics", [])}
+    assert pm["best_dev_accuracy"] == pytest.approx(sw["best"]["best_dev_accuracy"])
+    assert "best_best_dev_accuracy" not in pm
+    trials = [r for r in runs if _kv(r["data"].get("tags")).get("mlflow.parentRunId") == sw["parent_run_id"]]
+    assert sorted(t["info"]["run_name"].split()[0] for t in trials) == ["t0", "t1", "t2"]
+    for t in trials:
+        assert re.fullmatch(r"t\d lr=\S+ eps=\S+ mezo sst2", t["info"]["run_name"]), t["info"]["run_name"]
+        assert f"| {t['info']['run_name'].split()[0]} |" in note  # the note names the trials as the table does
+        hist = _get(base, "metrics/get-history", run_id=t["info"]["run_id"],
+                    metric_key="objective.best_dev_accuracy")["metrics"]
+        assert sorted(int(m.get("step", 0)) for m in hist) == [0, 2, 4]
+    # the registered policy version: its card, the verdict and the usage line
+    reg = meta["registered"]
+    mv = _get(base, "model-versions/get", name=reg["name"], version=reg["version"])["model_version"]
+    usage = "zo finetune --model tiny:llama --method zo-finetuner --policy models:/zo-policy-tiny_llama@champion"
+    assert usage in mv["description"] and "- **quality**: " in mv["description"]
+    assert ("untrained: ω moved" if meta["policy_rel_change"] < 1e-3 else "trained: ω moved") in mv["description"]
+
+
 def _chromium(url: str, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as profile:  # a fresh profile: what a first-time visitor sees
         return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url],
@@ -215,6 +255,10 @@ def test_printed_links_in_a_real_browser_list_the_runs_and_are_screenshotted(sto
         dom = _chromium(links["runs"], "--window-size=1400,900", "--virtual-time-budget=15000", "--dump-dom").stdout
         assert name in dom, f"{name!r} not on {links['runs']}"
         assert "Run Name" in dom  # the runs table ("Model training" layout), not the GenAI traces overview
+    # the printed trials link: the sweep's trials alone, as rows, sorted by the objective
+    dom = _chromium(store["sw"]["mlflow_ui"]["trials"], "--window-size=1400,900", "--virtual-time-budget=15000",
+                    "--dump-dom").stdout
+    assert len(set(re.findall(r"t[0-2] lr=[^<]* mezo sst2", dom))) == 3 and "objective.best_dev_accuracy" in dom
     shots = Path(os.environ.get("ZO_UI_SHOTS") or store["root"] / "shots")
     shots.mkdir(parents=True, exist_ok=True)
     pages = {"experiments": (f"{store['base']}/#/experiments", "1400,900"),
@@ -222,7 +266,12 @@ def test_printed_links_in_a_real_browser_list_the_runs_and_are_screenshotted(sto
              "finetune_run": (ft["mlflow_ui"]["run"], "1300,1500"),
              "finetune_metrics": (ft["mlflow_ui"]["run"].replace("?", "/model-metrics?"), "1300,1300"),
              "compare_runs": (cmp["mlflow_ui"]["runs"], "1400,900"),
-             "compare_parent": (cmp["mlflow_ui"]["run"], "1300,1500")}
+             "compare_parent": (cmp["mlflow_ui"]["run"], "1300,1500"),
+             "sweep_runs": (store["sw"]["mlflow_ui"]["runs"], "1400,900"),
+             "sweep_parent": (store["sw"]["mlflow_ui"]["run"], "1300,1500"),
+             "sweep_trials": (store["sw"]["mlflow_ui"]["trials"], "1400,900"),
+             "registry_version": (f"{store['base']}/#/models/{store['meta']['registered']['name']}/versions/"
+                                  f"{store['meta']['registered']['version']}", "1300,1100")}
     for name, (url, size) in pages.items():
         png = shots / f"{name}.png"
         _chromium(url, f"--window-size={size}", "--virtual-time-budget=20000", f"--screenshot={png}")

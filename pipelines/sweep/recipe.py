@@ -27,7 +27,7 @@ def parent_name(cfg: SweepConfig) -> str:
 
 def run(cfg: SweepConfig) -> dict[str, Any]:
     """Run (or, with ``resume``, continue) a sweep; returns the JSON summary."""
-    from zoplatform.tracking import ending, print_links, set_note
+    from zoplatform.tracking import children_link, ending, print_links, set_note
     from zoplatform.tracking.mlflow import MlflowTracker, resolve_tracking_uri
 
     t0 = time.perf_counter()
@@ -104,6 +104,7 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
             md = results_markdown(rows, space, objectives, title=f"sweep {what}", best=best, front=front,
                                   about=about)
             (out / "results.md").write_text(md)
+            note = results_markdown(rows, space, objectives, title=None, best=best, front=front, about=about)
             files = [out / "results.md", write_table(rows, space, out / "results.csv", objectives)]
             (out / "results.json").write_text(json.dumps([{k: v for k, v in r.items()} for r in rows], indent=1))
             files.append(out / "results.json")
@@ -131,8 +132,12 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
                 if best.get("test_accuracy") is not None:
                     metrics["best_test_accuracy"] = best["test_accuracy"]
             parent.log_metrics(metrics, 0)
-            set_note(parent, md)
+            set_note(parent, note)  # the table first: the run's name is its title
             links = parent.ui_links()
+            if links:  # the trials alone, sorted by the objective as the sweep ranked them
+                _, metric, mode = objectives[0]
+                links["trials"] = children_link(links["runs"], parent.run_id, objective_metric(metric),
+                                                ascending=mode == "min", where="tags.`zo.kind` = 'sweep-trial'")
             print_links(links, "sweep")
             if interrupted:
                 run_end.status, run_end.reason = "KILLED", resume_hint(cfg)

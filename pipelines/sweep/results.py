@@ -156,16 +156,17 @@ def _cell(v) -> str:
     return "" if v is None or v == "" else format_param(v).replace("|", "\\|")
 
 
-def results_markdown(rows: list[dict], space, objectives, *, title: str, best: dict | None,
+def results_markdown(rows: list[dict], space, objectives, *, title: str | None, best: dict | None,
                      front: list[dict] | None = None, about: str = "") -> str:
     """results.md, the sweep parent's description: the trials ranked by the objective as a table (the
-    searched hyperparameters, status, forward passes, test accuracy), then the best trial."""
+    searched hyperparameters, status, forward passes, test accuracy), then the best trial; ``title`` (a heading)
+    first unless None."""
     names = searched(space)
     obj = [m for _, m, _ in objectives]
     on_front = {r["trial"] for r in front or []}
     tail = [c for c in ("forward_passes", "test_accuracy") if c not in obj]
     head = ["rank", *obj, "trial", *names, "status", *tail]
-    lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ([f"## {title}", ""] if title else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(ranked(rows, objectives), 1):
         label = label_of(r) + (" ★" if r["trial"] in on_front else "")
         cells = [str(i), *[_cell(r.get(m)) for m in obj], label, *[_cell(r["params"].get(n)) for n in names],

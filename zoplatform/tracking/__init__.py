@@ -222,6 +222,18 @@ def compare_runs_link(tracking_uri: str, experiment_id: str, run_ids: list[str])
             f"&{RUNS_VIEW}")
 
 
+def children_link(runs_link: str, parent_run_id: str, order_by: str | None = None, ascending: bool = False,
+                  where: str | None = None) -> str:
+    """The runs view (``runs_link``, from :func:`ui_links`) filtered to a parent's child runs (and ``where``, a
+    further MLflow search clause) and sorted by the metric ``order_by`` (e.g. a sweep's trials, best first): the
+    UI reads ``searchFilter``/``orderByKey``/``orderByAsc`` from the URL."""
+    query = {"searchFilter": f"tags.mlflow.parentRunId = '{parent_run_id}'" + (f" and {where}" if where else "")}
+    if order_by:
+        query |= {"orderByKey": f"metrics.`{order_by}`", "orderByAsc": str(ascending).lower()}
+    sep = "&" if "?" in runs_link else "?"
+    return runs_link + sep + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+
+
 def _json_arg(v) -> str:
     return urllib.parse.quote(json.dumps(v, separators=(",", ":")))
 
@@ -239,6 +251,8 @@ def print_links(links: dict[str, str] | None, what: str = "run", file=None) -> N
     out = file or sys.stderr
     lines = [f"MLflow {what}: {links['run']}"] if "run" in links else []
     lines.append(f"MLflow runs: {links['runs']}")
+    if "trials" in links:
+        lines.append(f"MLflow trials, best first: {links['trials']}")
     if "start_ui" in links:
         lines.append(f"  (start the UI first: {links['start_ui']})")
     print("\n".join(lines), file=out, flush=True)
