@@ -137,21 +137,6 @@ def test_registered_model_names_are_sanitised():
     assert registered_name("/models/my llama/") == "zo-policy-my_llama"
 
 
-def test_policy_verdict_says_in_plain_words_whether_meta_training_moved_the_policy():
-    from meta.registry import policy_card, policy_verdict
-
-    v = policy_verdict(4.5e-7, 0.0)
-    assert v.startswith("untrained: ω moved 4.5e-07 relative") and "no better than uniform" in v
-    v = policy_verdict("0.3125", "0.02")
-    assert v.startswith("trained: ω moved 0.31 relative") and "gain +0.02 over σ = 1 (better than" in v
-    assert policy_verdict(2e-3, "none").endswith("no meta-validation") and "untrained" not in policy_verdict(2e-3)
-    tags, text = policy_card("tiny:llama", ["copa"], {"policy_rel_change": "4.5e-07", "meta_val_gain": "0",
-                                                      "profile": "paper", "meta_steps": 8}, data_seed=1)
-    assert tags["verdict"].startswith("untrained") and "- **quality**: untrained: ω moved 4.5e-07" in text
-    assert "meta-trained on copa (data seed 1)" in text and "profile: paper; meta steps: 8" in text
-    assert text.splitlines()[-1] == "    " + tags["usage"]
-
-
 @needs_data
 def test_meta_train_register_resolve_by_alias_and_finetune(tmp_path, uri):
     from mlflow import MlflowClient
