@@ -19,5 +19,6 @@ zo sweep --method "$METHOD" --task sst2 --model "$MODEL" --trials "${TRIALS:-4}"
   --storage "$PWD/sweeps" --name "$NAME" --tracking-uri "sqlite:///$PWD/mlflow.db" --experiment zo-sweep-demo "$@"
 echo
 echo "Sweep '$NAME': results, best_config.yaml and plots in sweeps/$NAME/results (also parent-run artifacts)."
-echo "Open the MLflow UI on it with:"
-echo "  .venv/bin/mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db   # then browse http://127.0.0.1:5000"
+echo "Start the MLflow UI on it, then open the links zo sweep printed above (MLflow sweep: the parent run with the"
+echo "results table; MLflow trials, best first: the trials sorted by the objective):"
+echo "  .venv/bin/mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db   # serves http://127.0.0.1:5000"
