@@ -131,7 +131,8 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
                 metrics |= {best_metric(m): best[m] for _, m, _ in objectives if best.get(m) is not None}
                 if best.get("test_accuracy") is not None:
                     metrics["best_test_accuracy"] = best["test_accuracy"]
-            parent.log_metrics(metrics, 0)
+            logged = parent.client.get_run(parent.run_id).data.metrics  # a resumed sweep: log only what changed
+            parent.log_metrics({k: v for k, v in metrics.items() if logged.get(k) != float(v)}, 0)
             set_note(parent, note)  # the table first: the run's name is its title
             links = parent.ui_links()
             if links:  # the trials alone, sorted by the objective as the sweep ranked them
