@@ -50,7 +50,7 @@ from pydantic import Field, field_validator, model_validator
 from zoplatform.config import StrictModel, read_mapping, validate
 from zoplatform.errors import ConfigError
 
-from .compare_exec import _threads_of, execute_local, execute_ray, run_one  # noqa: F401  (run_one: Ray pickles it by name)
+from .compare_exec import _threads_of, execute_local, execute_ray
 from .finetune import FO_METHODS, FinetuneConfig
 from .report import (  # noqa: F401  (3. results: pipelines/report.py; some names re-exported for its callers)
     README_END,

@@ -63,6 +63,22 @@ def smollm2_cache(tmp_path_factory):
     shutil.rmtree(root, ignore_errors=True)  # 540 MB of fp32 weights; pytest keeps old tmp dirs
 
 
+def wait_healthy(base: str, proc, timeout_s: float, what: str) -> None:
+    """Poll ``<base>/health`` until it answers 200; RuntimeError when ``proc`` exits or ``timeout_s`` passes."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
+                return
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{what} did not become healthy") from None
+            time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def mlflow_server(tmp_path, db_template=None):
     """A real ``mlflow server`` on a free 127.0.0.1 port (SQLite store in
@@ -71,8 +87,6 @@ def mlflow_server(tmp_path, db_template=None):
     import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
 
     if db_template is not None:
         shutil.copy(db_template, tmp_path / "server.db")  # already migrated: the server starts sooner
@@ -86,15 +100,7 @@ def mlflow_server(tmp_path, db_template=None):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("mlflow server did not become healthy")
-                time.sleep(0.5)
+        wait_healthy(uri, proc, 60, "mlflow server")
         yield uri
     finally:
         os.killpg(proc.pid, 15)

@@ -23,7 +23,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import pytest
 
 import zoplatform
+from tests.conftest import wait_healthy
 from zoplatform.data import resolve_data_dir
 
 pytestmark = pytest.mark.ui
@@ -125,15 +125,7 @@ def store(tmp_path_factory):
                           start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                if time.time() > deadline or ui.poll() is not None:
-                    raise RuntimeError("mlflow ui did not become healthy") from None
-                time.sleep(0.5)
+        wait_healthy(base, ui, 180, "mlflow ui")
         yield {"base": base, "ft": ft, "ft_err": ft_err, "cmp": cmp, "cmp_err": cmp_err, "sw": sw, "sw_err": sw_err,
                "meta": meta, "root": root}
     finally:
