@@ -64,12 +64,15 @@ def fail_run(out_dir: Path, reason: str) -> None:
 
         client = open_client(cfg.get("tracking_uri"))
         run = client.get_run(info["run_id"])
-        # RUNNING: the main worker was stopped mid-way; KILLED: torchrun's SIGTERM reached it as an interrupt
-        if run.info.status in ("RUNNING", "KILLED"):
+        # RUNNING: the main worker was stopped mid-way; KILLED: torchrun's SIGTERM reached it as an interrupt;
+        # FAILED: the main worker saw the dead peer first (a gloo read error) and ended the run itself.  In
+        # every case the reason leads with what happened and how to continue, the worker's own error after it.
+        if run.info.status in ("RUNNING", "KILLED", "FAILED"):
             why = run.data.tags.get("zo.end_reason")
-            client.set_tag(info["run_id"], "zo.end_reason", f"{reason} ({why})" if why else reason)
-            client.set_terminated(info["run_id"], status="FAILED")
-        elif run.info.status == "FAILED" and "zo.end_reason" not in run.data.tags:
-            client.set_tag(info["run_id"], "zo.end_reason", reason)
+            if why and why.startswith(reason):
+                return
+            client.set_tag(info["run_id"], "zo.end_reason", (f"{reason} ({why})" if why else reason)[:5000])
+            if run.info.status != "FAILED":
+                client.set_terminated(info["run_id"], status="FAILED")
     except Exception as e:  # noqa: BLE001 - the launcher's own exit status already says it failed
         print(f"warning: could not end the MLflow run of {out_dir}: {e}", file=sys.stderr)

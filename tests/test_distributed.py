@@ -102,3 +102,31 @@ def test_a_dead_worker_fails_the_run_and_resume_continues(tmp_path):
 def test_fo_with_workers_is_refused_in_one_line(tmp_path):
     p = zo(["finetune", "--model", "tiny:llama", "--method", "fo", "--workers", "2", "--no-tracking"], check=False)
     assert p.returncode == 2 and "'fo' runs in one process" in p.stderr
+
+
+@pytest.mark.parametrize("status,why", [("RUNNING", None), ("KILLED", "interrupted (SIGTERM)"),
+                                        ("FAILED", "RuntimeError: gloo Read error: Connection reset by peer")])
+def test_the_launcher_names_the_dead_worker_and_resume_whoever_ended_the_run_first(tmp_path, status, why):
+    """torchrun's stop can reach the main worker as SIGTERM (KILLED), before it ends its run (RUNNING), or
+    after it saw the dead peer's gloo error and ended the run FAILED itself: the reason must lead with the
+    worker failure and the --resume line in all three, keeping the worker's own error after it."""
+    from mlflow import MlflowClient
+
+    from pipelines.launch import fail_run
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("dp"))
+    if why:
+        client.set_tag(run.info.run_id, "zo.end_reason", why)
+    if status != "RUNNING":
+        client.set_terminated(run.info.run_id, status=status)
+    (tmp_path / "state.json").write_text(json.dumps({"run_id": run.info.run_id,
+                                                     "config": {"tracking_uri": uri}}))
+    fail_run(tmp_path, "a data-parallel worker failed; continue with: zo finetune --resume")
+    fail_run(tmp_path, "a data-parallel worker failed; continue with: zo finetune --resume")  # idempotent
+    got = client.get_run(run.info.run_id)
+    assert got.info.status == "FAILED"
+    reason = got.data.tags["zo.end_reason"]
+    assert reason.startswith("a data-parallel worker failed; continue with: zo finetune --resume")
+    assert reason.count("worker failed") == 1 and (why is None or why in reason)
