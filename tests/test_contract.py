@@ -37,6 +37,45 @@ def test_forwards_per_step_and_direction_flag(name):
     assert ("direction" in type(m.config).model_fields) == METHODS[name].has_direction
 
 
+@pytest.mark.parametrize("name,variant", [(n, v) for n in NAMES for v in METHODS[n].variants])
+def test_state_is_typed_frozen_round_trips_and_lives_off_the_method(name, variant):
+    """init/step return the method's frozen State; state_dict() → from_state_dict is the identity; a step
+    leaves the state it was given as it was (but for the buffers the class declares donated); neither init
+    nor step stores anything on the method object."""
+    import dataclasses
+
+    from zoplatform.algorithms.state import State
+
+    net = net_()
+    x, y = data()
+    blocks = blocks_from_named(net.named_parameters())
+    m = zoplatform.make(name, lr=5e-2, eps=1e-3, weight_decay=0.1, **variant)
+    before = dict(vars(m))
+    state = m.init(blocks)
+    assert type(state) is m.State and issubclass(m.State, State) and dataclasses.is_dataclass(state)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.t = 99
+    with pytest.raises(TypeError):
+        state["t"] = 99  # read-only mapping view
+    for k in range(3):
+        kept = state.state_dict()
+        new, _ = m.step(state, blocks, lambda: torch.nn.functional.mse_loss(net(x), y), 1000 + k, 5e-2)
+        assert type(new) is m.State and (new is not state or not dataclasses.fields(state))
+        donated = {key for key in kept if key.partition("/")[0] in m.State.donated}
+        for key, v in kept.items():  # the old state is unchanged (donated buffers excepted)
+            if key not in donated:
+                assert (torch.equal(v.nan_to_num(7.0), state[key].nan_to_num(7.0)) if torch.is_tensor(v)
+                        else v == state[key]), key
+        round_trip = m.State.from_state_dict(new.state_dict())
+        assert type(round_trip) is m.State and round_trip == new
+        if "t" in new:
+            assert new["t"] == k + 1
+        state = new
+    assert vars(m).keys() == before.keys() and all(vars(m)[k] is v for k, v in before.items())
+    with pytest.raises(ValueError, match="unknown state key"):
+        m.State.from_state_dict({**state.state_dict(), "no_such_field": 1})
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_decreases_a_quadratic(name):
     A = torch.linspace(0.5, 2.0, 10)

@@ -21,9 +21,7 @@ def make_blocks(sizes=SIZES, seed=0, dtype=torch.float32):
 
 
 def uneven_state(method, blocks, scores):
-    state = method.init(blocks)
-    state["scores"] = torch.tensor(scores, dtype=torch.float64)
-    return state
+    return method.init(blocks).replace(scores=torch.tensor(scores, dtype=torch.float64))
 
 
 def test_meet_budget_fills_exactly_and_follows_q():
@@ -87,7 +85,7 @@ def test_horvitz_thompson_estimate_is_unbiased(profile):
     method = zoplatform.make("curvzo", profile=profile, eps=1e-2, init_budget=0.35)
     state = uneven_state(method, blocks, [1.0, 50.0, 0.2, 3.0, 1.0, 8.0])
     if profile == "contrast":
-        state["scores_out"] = torch.full((6,), 0.1, dtype=torch.float64)
+        state = state.replace(scores_out=torch.full((6,), 0.1, dtype=torch.float64))
     pi = CurvZO.realised(method.inclusion(state, blocks))
     assert float(pi.max() / pi.min()) > 2.0  # genuinely uneven
 

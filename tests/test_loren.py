@@ -158,8 +158,7 @@ def test_rloo_mean_is_the_preconditioned_gradient():
     for i in range(n_draws):
         with torch.no_grad():
             x.copy_(x0)
-        state = method.init(blocks)
-        state["a/x"] = a.clone()
+        state = method.init(blocks).replace(a={"x": a.clone()})
         method.step(state, blocks, lambda: float(0.5 * (A * x.detach() ** 2).sum()), step_seed(1, i), 1.0)
         ests.append(x0 - x.detach())
     ests = torch.stack(ests)
@@ -188,8 +187,7 @@ def test_score_function_gradient_of_a_is_unbiased():
     method = zoplatform.make("loren", eps=1.0, lr_cov=1.0, damping=lam, update="per_step", num_queries=6)
     ests = []
     for t in range(n_draws):
-        state = method.init(blocks)
-        state["a/W"] = a0.clone()
+        state = method.init(blocks).replace(a={"W": a0.clone()})
         state, _ = method.step(state, blocks, quad_loss(W, H), step_seed(3, t), 0.0)
         ests.append(a0.double() - state["a/W"].double())
     ests = torch.stack(ests)
@@ -265,9 +263,8 @@ def test_trajectory_replay_is_bit_exact(tmp_path, update):
 
 def initial_a(method, model, traj, key):
     """a as drawn at the first step (from the first record's seed)."""
-    st = method.init(blocks_from_named(model.named_parameters()))
-    method._init_a(st, blocks_from_named(model.named_parameters()), traj.records[0].seed)
-    return st[key]
+    blocks = blocks_from_named(model.named_parameters())
+    return method._init_a(method.init(blocks), blocks, traj.records[0].seed)[key.removeprefix("a/")]
 
 
 def test_per_query_and_per_step_both_run_and_differ():

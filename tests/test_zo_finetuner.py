@@ -73,13 +73,13 @@ def test_trace_normalisation_is_exact_and_gives_d_in_expectation(tmp_path):
     blocks = model_blocks(net)
     state = m.init(blocks)
     # the embedding (40 × 6) counts as 8 rows × 6; the rest at numel
-    assert m.counts.tolist() == [48, 30, 5, 5, 5, 10, 2]
+    assert state.counts.tolist() == [48, 30, 5, 5, 5, 10, 2]
     sigma = m.sigma(state, blocks)
     assert float(sigma.std()) > 0.01  # a random policy: uneven σ
-    _c, s = m.scales(sigma)
-    d_eff = float(m.counts.sum())
-    assert sum(n * si * si for n, si in zip(m.counts.tolist(), s)) == pytest.approx(d_eff, rel=1e-12)
-    assert trace_scale(torch.ones(7), m.counts) == 1.0  # exactly: the identity policy is MeZO
+    _c, s = m.scales(state, sigma)
+    d_eff = float(state.counts.sum())
+    assert sum(n * si * si for n, si in zip(state.counts.tolist(), s)) == pytest.approx(d_eff, rel=1e-12)
+    assert trace_scale(torch.ones(7), state.counts) == 1.0  # exactly: the identity policy is MeZO
     # empirically E‖cσ⊙z‖² = d (no embedding heuristic here: every entry counts)
     counts = torch.tensor([b.numel for b in blocks], dtype=torch.float64)
     c2 = trace_scale(sigma, counts)
@@ -136,7 +136,7 @@ def test_a_policy_step_scales_each_block_by_c_sigma(tmp_path):
     state = m.init(blocks)
     before = [b.param.detach().clone() for b in blocks]
     sigma = m.sigma(state, blocks)
-    c, s = m.scales(sigma)
+    c, s = m.scales(state, sigma)
     new, rec = m.step(state, blocks, loss_fn(net), seed=123, lr=1e-2)
     g = rec.grad[0]
     law, scratch = make_law("gaussian"), Scratch(1 << 20)
@@ -229,15 +229,14 @@ def test_embedding_blocks_by_module_type_and_by_name_rule():
     # without a policy the name rule decides; rows × hidden, capped at the real rows
     m = zoplatform.make("zo-finetuner")
     blocks = model_blocks(model)
-    m.init(blocks)
-    flagged = {b.name for b, f in zip(blocks, m.embedding) if f}
+    state = m.init(blocks)
+    flagged = {b.name for b, f in zip(blocks, state.embedding.tolist()) if f}
     assert flagged == embedding_block_names(model)
     i = [b.name for b in blocks].index("model.decoder.embed_tokens.weight")
-    assert int(m.counts[i]) == min(DEFAULT_EMBEDDING_ROWS, 305) * 64
+    assert int(state.counts[i]) == min(DEFAULT_EMBEDDING_ROWS, 305) * 64
     assert effective_counts([(305, 64), (64,)], [True, True], 10) == [640, 64]  # 1-D: numel
     m2 = zoplatform.make("zo-finetuner", embedding_pattern=r"fc1\.weight$", embedding_rows=3)
-    m2.init(blocks)
-    assert {b.name for b, f in zip(blocks, m2.embedding) if f} == {f"model.decoder.layers.{k}.fc1.weight"
+    assert {b.name for b, f in zip(blocks, m2.init(blocks).embedding.tolist()) if f} == {f"model.decoder.layers.{k}.fc1.weight"
                                                                    for k in (0, 1)}
     with pytest.raises(ConfigError, match="embedding_pattern"):
         zoplatform.make("zo-finetuner", embedding_pattern="(")
@@ -266,8 +265,8 @@ def test_a_scale_policy_step_scales_each_block_by_its_constant_c_sigma(tmp_path)
     state = m.init(blocks)
     before = [b.param.detach().clone() for b in blocks]
     assert m.sigma(state, blocks).tolist() == sigma
-    c, s = m.scales(m.sigma(state, blocks))
-    assert c == pytest.approx(math.sqrt(float(m.counts.sum()) / sum(n * x * x for n, x in zip(m.counts.tolist(),
+    c, s = m.scales(state, m.sigma(state, blocks))
+    assert c == pytest.approx(math.sqrt(float(state.counts.sum()) / sum(n * x * x for n, x in zip(state.counts.tolist(),
                                                                                                sigma))), rel=1e-12)
     new, rec = m.step(state, blocks, loss_fn(net), seed=7, lr=1e-2)
     law, scratch = make_law("gaussian"), Scratch(1 << 20)

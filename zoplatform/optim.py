@@ -111,7 +111,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             "steps": self.steps,
             "lr": self.param_groups[0]["lr"],
             "precision": self.precision,
-            "method_state": {k: (v.clone() if torch.is_tensor(v) else v) for k, v in self.method_state.items()},
+            "method_state": self.method_state.state_dict(),
         }
         if is_mixed(self.precision):  # the fp32 masters are the weights; the model holds only their rounding
             out["masters"] = {b.name: b.master.clone() for b in self.blocks}
@@ -125,7 +125,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.seed = int(state["seed"])
         self.steps = int(state["steps"])
         self.param_groups[0]["lr"] = state["lr"]
-        self.method_state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in state["method_state"].items()}
+        self.method_state = self.method.State.from_state_dict(state["method_state"])
         if "masters" in state:
             with torch.no_grad():
                 for b in self.blocks:

@@ -103,8 +103,8 @@ class Trajectory:
         return cls(head["method"], head["config"], head["run_seed"], head["layout"], head.get("info", {}), recs)
 
 
-def replay(method, blocks: Sequence[Block], records: Sequence[StepRecord], state: dict | None = None,
-           progress: bool = False, on_step=None) -> dict:
+def replay(method, blocks: Sequence[Block], records: Sequence[StepRecord], state=None,
+           progress: bool = False, on_step=None):
     """Apply ``records`` in order to ``blocks`` (in place); returns the method state.
 
     Uses the same engine as training (directions on :func:`~zoplatform.params.get_threads`

@@ -23,6 +23,7 @@ from ..config import StrictModel, validate
 from ..params import Block, Scratch, axpy_, one_sided_, two_point_
 from ..rng import make_law
 from ..types import StepRecord
+from .state import State
 
 Closure = Callable[[], Any]
 
@@ -72,6 +73,7 @@ class ZOMethod:
     name: ClassVar[str]
     paper: ClassVar[str] = ""
     Config: ClassVar[type[ZOConfig]]
+    State: ClassVar[type[State]] = State  # the method's frozen state (:mod:`zoplatform.algorithms.state`)
 
     def __init__(self, config: ZOConfig | None = None, **hyper: Any):
         if config is None:
@@ -81,14 +83,16 @@ class ZOMethod:
         self.scratch = Scratch(config.chunk_size)
 
     # -- the interface ----------------------------------------------------
-    def init(self, blocks: Sequence[Block]) -> dict:
-        """Initial method state (plain dict of tensors and numbers)."""
-        return {}
+    def init(self, blocks: Sequence[Block]) -> State:
+        """Initial method state (a frozen :class:`State`; the method object keeps none)."""
+        return self.State()
 
-    def step(self, state: dict, blocks: Sequence[Block], closure: Closure, seed: int, lr: float):
+    def step(self, state: State, blocks: Sequence[Block], closure: Closure, seed: int, lr: float):
+        """One step: returns ``(new state, StepRecord)``; ``state`` itself is left as it was (but for
+        the buffers its class lists in ``donated``)."""
         raise NotImplementedError
 
-    def replay(self, state: dict, blocks: Sequence[Block], record: StepRecord) -> dict:
+    def replay(self, state: State, blocks: Sequence[Block], record: StepRecord) -> State:
         """Re-apply a recorded step (no forward passes)."""
         state, _ = self.step(state, blocks, RecordedClosure(record.losses), record.seed, record.lr)
         return state
@@ -97,7 +101,7 @@ class ZOMethod:
     def forwards_per_step(self) -> int:
         return 2
 
-    def block_table(self, state: dict, blocks: Sequence[Block]) -> list[dict]:
+    def block_table(self, state: State, blocks: Sequence[Block]) -> list[dict]:
         """End-of-run numbers per block (one flat dict per row), for the pipelines to write and draw
         (``pipelines/method_reports.py``); the library itself draws nothing.  Default: none."""
         return []

@@ -118,6 +118,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -128,6 +129,7 @@ from ..params import Block
 from ..rng import DirectionLaw, block_seed, generator, name_key
 from ..types import StepRecord
 from .base import SPSAConfig, ZOMethod
+from .state import State
 
 _SAMPLE_STREAM = 0xC0F1
 _SAMPLE_KEY = name_key("curvzo.poisson-sampling")
@@ -236,6 +238,17 @@ def budget_stats(scores: torch.Tensor) -> tuple[float, float]:
     return n_eff / n, h
 
 
+@dataclass(frozen=True, eq=False)
+class CurvZOState(State):
+    t: int = 0  # steps taken
+    budget: float = 0.0  # f, the coordinate budget the next step uses
+    scores: torch.Tensor | None = None  # S_b per block (fp64)
+    counts: torch.Tensor | None = None  # how often each block was sampled (int64)
+    trace: torch.Tensor | None = None  # rows (step, f, N_eff/N, H) at budget updates
+    norm: float = 0.0  # G, the running scale of the feedback
+    scores_out: torch.Tensor | None = None  # the contrast profile's E[Δ² | b ∉ S] (other profiles: None)
+
+
 class Profile:
     """A CurvZO profile: how curvature scores are kept, read and turned into inclusion
     probabilities.  The step itself (sample, two-point estimate, HT update, budget) is shared."""
@@ -248,23 +261,23 @@ class Profile:
     def extra_state(self, n: int, c: CurvZOConfig) -> dict:
         return {}
 
-    def effective(self, state, c: CurvZOConfig) -> torch.Tensor:
+    def effective(self, state: CurvZOState, c: CurvZOConfig) -> torch.Tensor:
         """The scores sampling and the budget use."""
-        return state["scores"]
+        return state.scores
 
     def inclusion(self, s: torch.Tensor, d: torch.Tensor, budget: float, n_blocks: int, lo: float) -> torch.Tensor:
         """π_b meeting the budget: c·√S_b clipped to [lo, 1 − lo] with Σ d_b π_b = f·D."""
         return meet_budget(s.sqrt(), d, budget * float(d.sum()), lo, 1.0 - lo)
 
-    def update(self, state, blocks, idx: list[int], zsq: list[float], pi: torch.Tensor, delta: float,
+    def update(self, state: CurvZOState, blocks, idx: list[int], zsq: list[float], pi: torch.Tensor, delta: float,
                beta: float, c: CurvZOConfig) -> dict:
-        """The state entries a step that sampled ``idx`` and measured Δ changes."""
+        """The state fields (name → new value) a step that sampled ``idx`` and measured Δ changes."""
         raise NotImplementedError
 
 
 def _normaliser(state, d2: float, c: CurvZOConfig) -> tuple[float, float]:
     """(G, 1/G): G a running mean of Δ² so the signal is O(1) like S₀ and comparable over training."""
-    norm = d2 if state["norm"] == 0.0 else c.credit_ema * state["norm"] + (1.0 - c.credit_ema) * d2
+    norm = d2 if state.norm == 0.0 else c.credit_ema * state.norm + (1.0 - c.credit_ema) * d2
     return norm, ((1.0 / norm if norm > 0 else 0.0) if c.score_normalise else 1.0)
 
 
@@ -274,7 +287,7 @@ class PaperProfile(Profile):
     name = "paper"
 
     def update(self, state, blocks, idx, zsq, pi, delta, beta, c):
-        s, d2 = state["scores"].clone(), delta * delta
+        s, d2 = state.scores.clone(), delta * delta
         norm, scale = _normaliser(state, d2, c)
         for i, sq in zip(idx, zsq):
             s[i] = (1.0 - beta) * s[i] + beta * d2 * scale * sq / blocks[i].numel
@@ -291,8 +304,8 @@ class PortProfile(Profile):
         return port_inclusion(s, max(1, math.floor(budget * n_blocks)))
 
     def update(self, state, blocks, idx, zsq, pi, delta, beta, c):
-        s = state["scores"].clone()
-        norm = c.credit_ema * state["norm"] + (1.0 - c.credit_ema) * abs(delta)
+        s = state.scores.clone()
+        norm = c.credit_ema * state.norm + (1.0 - c.credit_ema) * abs(delta)
         r = abs(delta) / norm
         w = torch.tensor([sq / float(pi[i]) ** 2 for i, sq in zip(idx, zsq)], dtype=torch.float64)
         w = w / w.sum() if float(w.sum()) > 0 else torch.full_like(w, 1.0 / len(idx))
@@ -312,7 +325,7 @@ class ContrastProfile(Profile):
         return {"scores_out": torch.full((n,), c.score_init, dtype=torch.float64)}
 
     def effective(self, state, c):
-        share = (state["scores"] - state["scores_out"]).clamp_min(0.0)
+        share = (state.scores - state.scores_out).clamp_min(0.0)
         return share + c.contrast_prior * share.mean()
 
     def update(self, state, blocks, idx, zsq, pi, delta, beta, c):
@@ -320,7 +333,7 @@ class ContrastProfile(Profile):
         norm, scale = _normaliser(state, d2, c)
         hit = torch.zeros(len(blocks), dtype=torch.bool)
         hit[idx] = True
-        s, out = state["scores"], state["scores_out"]
+        s, out = state.scores, state.scores_out
         return {"scores": torch.where(hit, (1.0 - beta) * s + beta * d2 * scale, s),
                 "scores_out": torch.where(hit, out, (1.0 - beta) * out + beta * d2 * scale), "norm": norm}
 
@@ -355,17 +368,19 @@ class CurvZO(ZOMethod):
         return self.profile.pi_floor if self.config.pi_floor is None else self.config.pi_floor
 
     # -- state ------------------------------------------------------------------
+    State = CurvZOState
+
     def init(self, blocks):
         c, n = self.config, len(blocks)
-        return {
-            "t": 0,
-            "budget": float(c.init_budget),
-            "scores": torch.full((n,), c.score_init, dtype=torch.float64),
-            "counts": torch.zeros(n, dtype=torch.int64),
-            "trace": torch.zeros(0, 4, dtype=torch.float64),  # rows: (step, f, N_eff/N, H) at budget updates
-            "norm": self.profile.norm_init,  # G, the running scale of the feedback
+        return CurvZOState(
+            t=0,
+            budget=float(c.init_budget),
+            scores=torch.full((n,), c.score_init, dtype=torch.float64),
+            counts=torch.zeros(n, dtype=torch.int64),
+            trace=torch.zeros(0, 4, dtype=torch.float64),
+            norm=self.profile.norm_init,
             **self.profile.extra_state(n, c),
-        }
+        )
 
     def effective_scores(self, state) -> torch.Tensor:
         """The scores sampling and the budget use (the contrast profile's in − out)."""
@@ -376,7 +391,7 @@ class CurvZO(ZOMethod):
         """Target inclusion probabilities π_b (they meet the budget)."""
         d = torch.tensor([b.numel for b in blocks], dtype=torch.float64)
         s = self.effective_scores(state).clamp_min(1e-300)  # numerical guard only
-        return self.profile.inclusion(s, d, state["budget"], len(blocks), self.pi_floor)
+        return self.profile.inclusion(s, d, state.budget, len(blocks), self.pi_floor)
 
     @staticmethod
     def realised(pi: torch.Tensor) -> torch.Tensor:
@@ -397,7 +412,7 @@ class CurvZO(ZOMethod):
     # -- the step ---------------------------------------------------------------
     def step(self, state, blocks, closure, seed, lr):
         c = self.config
-        t = int(state["t"])
+        t = state.t
         # 1. inclusion probabilities (budget met) and the Poisson draw (≥ 1 block)
         pi = self.inclusion(state, blocks)
         pi_real = self.realised(pi)
@@ -412,23 +427,22 @@ class CurvZO(ZOMethod):
         # 4. restore + decay + Horvitz–Thompson step, fused: α_b = εβ_b − ηΔ/π̃_b
         self.restore_update(sub, seed, lr, steps=[lr * delta / float(pi_real[i]) for i in idx])
         # 5. curvature scores of the sampled blocks (and the contrast profile's "out" EMA)
-        new = dict(state)
-        new.update(self.profile.update(state, blocks, idx, zsq, pi, delta, self.score_ema, c))
-        counts = state["counts"].clone()
+        counts = state.counts.clone()
         counts[idx] += 1
-        new["counts"], new["t"] = counts, t + 1
+        new = state.replace(counts=counts, t=t + 1,
+                            **self.profile.update(state, blocks, idx, zsq, pi, delta, self.score_ema, c))
         # 6. budget, every T_B steps
         frac, ent = budget_stats(self.effective_scores(new))
         if c.adaptive_budget and (t + 1) % c.budget_every == 0:
             target = c.budget_min + (c.budget_max - c.budget_min) * (
                 c.budget_weight * frac + (1.0 - c.budget_weight) * (1.0 - ent))
-            f = c.budget_momentum * state["budget"] + (1.0 - c.budget_momentum) * target
-            new["budget"] = min(c.budget_max, max(c.budget_min, f))
-            row = torch.tensor([[t + 1, new["budget"], frac, ent]], dtype=torch.float64)
-            new["trace"] = torch.cat([state["trace"], row])
+            f = min(c.budget_max, max(c.budget_min, c.budget_momentum * state.budget
+                                      + (1.0 - c.budget_momentum) * target))
+            row = torch.tensor([[t + 1, f, frac, ent]], dtype=torch.float64)
+            new = new.replace(budget=f, trace=torch.cat([state.trace, row]))
         total = sum(b.numel for b in blocks)
         extra = {
-            "budget": state["budget"],                      # f used by this step
+            "budget": state.budget,                         # f used by this step
             "n_eff": frac * len(blocks),                    # effective support of the scores
             "score_entropy": ent,                           # H ∈ [0, 1]
             "sampled_blocks": len(idx),
@@ -439,8 +453,8 @@ class CurvZO(ZOMethod):
     # -- end-of-run numbers (written and drawn by pipelines/method_reports.py) ------------
     def block_table(self, state, blocks: Sequence[Block]) -> list[dict]:
         """Per block: its score, final inclusion probability π and how often it was sampled."""
-        counts = state["counts"].double()
-        steps = max(int(state["t"]), 1)
+        counts = state.counts.double()
+        steps = max(state.t, 1)
         scores, pi = self.effective_scores(state), self.inclusion(state, blocks)
         return [{"block": b.name, "numel": b.numel, "score": float(scores[i]), "pi": float(pi[i]),
                  "sampled_count": int(counts[i]), "sampled_rate": float(counts[i]) / steps}

@@ -24,7 +24,7 @@ What follows the code and what is decided here
 * [recon] **σ = 0 rule**: when the N perturbed losses are all equal (σ = 0,
   the code divides by zero and writes NaN into θ) or any of the N + 1 losses
   is not finite, the step is *skipped*: θ is only restored, no update and no
-  weight decay is applied.  The skip is counted in ``state["skipped"]`` and
+  weight decay is applied.  The skip is counted in ``state.skipped`` and
   reported as ``extra["skipped"] = 1`` (0 otherwise) in the step record, which
   the loop logs as a metric.  σ is taken as exactly 0 when max = min, so
   rounding in the mean never turns equal losses into a tiny σ and a huge step.
@@ -92,8 +92,11 @@ from typing import Literal
 
 from pydantic import Field
 
+from dataclasses import dataclass
+
 from ..types import StepRecord
 from .base import SPSAConfig, ZOMethod, as_float
+from .state import State
 
 
 class FZOOConfig(SPSAConfig):
@@ -116,6 +119,12 @@ def population_std(values: list[float]) -> float:
     return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
 
 
+@dataclass(frozen=True, eq=False)
+class FZOOState(State):
+    t: int = 0  # steps taken
+    skipped: int = 0  # steps whose σ was 0 or not finite (no update)
+
+
 class FZOO(ZOMethod):
     """FZOO (ICLR 2026): loss-std-normalised one-sided Rademacher estimate, N + 1 forwards per step."""
 
@@ -127,8 +136,7 @@ class FZOO(ZOMethod):
     def forwards_per_step(self) -> int:
         return self.config.num_directions + 1
 
-    def init(self, blocks):
-        return {"t": 0, "skipped": 0}
+    State = FZOOState
 
     def step(self, state, blocks, closure, seed, lr):
         c = self.config
@@ -139,13 +147,12 @@ class FZOO(ZOMethod):
             loss, pending = self.one_sided(blocks, seed, closure, stream=i, restore=i < n - 1)
             losses.append(loss)
         l0, perturbed = losses[0], losses[1:]
-        new = dict(state)
-        new["t"] = int(state.get("t", 0)) + 1
+        new = state.replace(t=state.t + 1)
         # 2. σ and the σ = 0 / non-finite rule
         sigma = population_std(perturbed) if all(map(math.isfinite, losses)) else math.nan
         if not (sigma > 0.0 and math.isfinite(sigma)):
             self.perturb(blocks, seed, [-p for p in pending], stream=n - 1)  # restore only
-            new["skipped"] = int(state.get("skipped", 0)) + 1
+            new = new.replace(skipped=state.skipped + 1)
             return new, StepRecord(seed, tuple(losses), lr, (0.0,) * n, {"sigma": sigma, "skipped": 1})
         coefs = [(li - l0) / (n * sigma) for li in perturbed]
         # 3. last direction: restore + decay + its update term in one pass; then the others

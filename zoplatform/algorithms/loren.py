@@ -102,6 +102,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -111,6 +112,7 @@ from ..params import Block, direction_chunks, for_blocks, sync_, value
 from ..rng import block_seed, generator
 from ..types import StepRecord
 from .base import ZOConfig, ZOMethod, as_float
+from .state import State
 
 _A_STREAM = 0xA11CE  # stream of a's initial draw (queries use streams 0..K−1)
 
@@ -185,6 +187,18 @@ def _shape(block: Block) -> tuple[int, int]:
     return p.numel() // max(n, 1), n
 
 
+@dataclass(frozen=True, eq=False)
+class LORENState(State):
+    """LOREN's state.  ``momentum`` is donated (:mod:`~zoplatform.algorithms.state`): a step updates the
+    buffers in place and hands them to the state it returns — a copy would cost one pass over every
+    matrix's size per step — so the state a step was given must not be stepped again."""
+
+    donated = ("momentum",)
+    t: int = 0  # steps taken
+    momentum: dict[str, torch.Tensor] = field(default_factory=dict)  # M per ≥2-D block (weights' dtype)
+    a: dict[str, torch.Tensor] = field(default_factory=dict)  # the curvature vector a_b per block (fp32)
+
+
 class LOREN(ZOMethod):
     """LOREN (AAAI 2026) with the authors' per-query update or the paper's per-step update."""
 
@@ -197,25 +211,27 @@ class LOREN(ZOMethod):
         return self.config.num_queries
 
     # -- state ------------------------------------------------------------------
+    State = LORENState
+
     def init(self, blocks):
         """Momentum buffers (weights' dtype) for every ≥2-D block; a is drawn at the first step."""
-        state: dict = {"t": 0}
-        with torch.inference_mode(False):
-            for b in blocks:
-                if b.param.dim() >= 2:  # the dtype θ's arithmetic runs in (the fp32 master in a mixed mode)
-                    state[f"momentum/{b.name}"] = torch.zeros_like(value(b), memory_format=torch.contiguous_format)
-        return state
+        with torch.inference_mode(False):  # the dtype θ's arithmetic runs in (the fp32 master in a mixed mode)
+            momentum = {b.name: torch.zeros_like(value(b), memory_format=torch.contiguous_format)
+                        for b in blocks if b.param.dim() >= 2}
+        return LORENState(t=0, momentum=momentum, a={})
 
-    def _init_a(self, state: dict, blocks, seed: int) -> None:
-        """a_b = a_init · randn(n_b) from (first step seed, block key) — never the global RNG."""
+    def _init_a(self, state: LORENState, blocks, seed: int) -> dict[str, torch.Tensor]:
+        """``state.a`` with the missing a_b = a_init · randn(n_b) drawn from (first step seed, block key) —
+        never the global RNG (a new dict; the state's is not changed)."""
+        a = dict(state.a)
         for b in blocks:
-            key = f"a/{b.name}"
-            if key not in state:
+            if b.name not in a:
                 _, n = _shape(b)
                 g = generator(block_seed(seed, b.key, _A_STREAM))
                 with torch.inference_mode(False):
-                    state[key] = torch.randn(n, generator=g, dtype=torch.float32).mul_(self.config.a_init) \
+                    a[b.name] = torch.randn(n, generator=g, dtype=torch.float32).mul_(self.config.a_init) \
                         .to(b.param.device)
+        return a
 
     # -- the sampler's scalars ----------------------------------------------------
     def _coefs(self, a: torch.Tensor, c: torch.Tensor, m: int) -> tuple[float, float, float]:
@@ -293,9 +309,8 @@ class LOREN(ZOMethod):
     def step(self, state, blocks, closure, seed, lr):
         c = self.config
         K = c.num_queries
-        new = dict(state)
-        self._init_a(new, blocks, seed)
-        a0 = {b.name: new[f"a/{b.name}"] for b in blocks}
+        a0 = self._init_a(state, blocks, seed)
+        momentum = state.momentum  # donated: updated in place (LORENState)
         # 1. K one-sided queries at θ + εv_k (a fixed at the step's value); keep Σ_rows u_k per block
         rowsums: list[list[torch.Tensor]] = []
         losses = []
@@ -330,7 +345,7 @@ class LOREN(ZOMethod):
                 m, _ = _shape(b)
                 ak, ck = a[b.name], rowsums[k][i]
                 d, _, gs = self._coefs(ak, ck, m)  # with the current a, as the code does
-                self._apply(b, ak, seed, k, gs * d, cg[k], new.get(f"momentum/{b.name}"), lr, betas[i])
+                self._apply(b, ak, seed, k, gs * d, cg[k], momentum.get(b.name), lr, betas[i])
                 if c.lr_cov != 0.0 or a_decay != 1.0:
                     grad = self._grad_a(ak, ck, m, w[k]) / (K - 1)
                     a[b.name] = (ak.double() * a_decay - c.lr_cov * grad).float()
@@ -343,7 +358,7 @@ class LOREN(ZOMethod):
             def step_update(i):
                 b = blocks[i]
                 m, _ = _shape(b)
-                ab, mom = a0[b.name], new.get(f"momentum/{b.name}")
+                ab, mom = a0[b.name], momentum.get(b.name)
                 coefs = []
                 for k in range(K):
                     d, _, gs = self._coefs(ab, rowsums[k][i], m)
@@ -371,9 +386,7 @@ class LOREN(ZOMethod):
 
             for_blocks(blocks, step_update)
         sync_(blocks)  # mixed precision: the working copies get the updated θ
-        for b in blocks:
-            new[f"a/{b.name}"] = a[b.name]
-        new["t"] = int(state.get("t", 0)) + 1
+        new = state.replace(t=state.t + 1, a={**a0, **a})
         return new, StepRecord(seed, tuple(losses), lr, tuple(cg), {"loss_mean": fmean})
 
     # -- end-of-run numbers (written and drawn by pipelines/method_reports.py) ------------
@@ -381,7 +394,7 @@ class LOREN(ZOMethod):
         """Per matrix block with a curvature vector a: its shape, ‖a‖/√n and s = m‖a‖²."""
         rows = []
         for b in blocks:
-            a = state.get(f"a/{b.name}")
+            a = state.a.get(b.name)
             if a is None:
                 continue
             m, n = _shape(b)

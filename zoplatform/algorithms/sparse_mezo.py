@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -84,6 +85,7 @@ from ..params import Block, value
 from ..rng import DirectionLaw, block_seed, generator
 from ..types import StepRecord
 from .base import SPSAConfig, ZOMethod
+from .state import State
 
 # Stream ids that separate this method's extra randomness from the directions (stream 0).
 _THRESHOLD_STREAM = 0x5A11
@@ -247,6 +249,12 @@ class _MaskedLaw(DirectionLaw):
         return torch.index_select(draws[:k + 1], 0, rank.mul_(m), out=out)
 
 
+@dataclass(frozen=True, eq=False)
+class SparseMeZOState(State):
+    t: int = 0  # steps taken
+    thresholds: torch.Tensor | None = None  # h_l per block (fp64); NaN = not computed yet or block not masked
+
+
 class SparseMeZO(ZOMethod):
     """S-MeZO (``mask="magnitude"``) and its random-mask ablation R-MeZO (``mask="random"``)."""
 
@@ -263,14 +271,15 @@ class SparseMeZO(ZOMethod):
             return block.decay
         return True
 
-    def init(self, blocks):
-        # thresholds: NaN = not computed yet (or block not masked); t: steps taken
-        return {"t": 0, "thresholds": torch.full((len(blocks),), math.nan, dtype=torch.float64)}
+    State = SparseMeZOState
 
-    def refresh_thresholds(self, state: dict, blocks, seed: int) -> torch.Tensor:
+    def init(self, blocks):
+        return SparseMeZOState(t=0, thresholds=torch.full((len(blocks),), math.nan, dtype=torch.float64))
+
+    def refresh_thresholds(self, state: SparseMeZOState, blocks, seed: int) -> torch.Tensor:
         """Per-tensor thresholds h_l from the current weights (a new tensor)."""
         c = self.config
-        h = state["thresholds"].clone()
+        h = state.thresholds.clone()
         for i, b in enumerate(blocks):
             if self.is_masked(b):
                 h[i] = magnitude_threshold(b.param, 1.0 - c.sparsity, c.threshold_sample,
@@ -284,10 +293,10 @@ class SparseMeZO(ZOMethod):
 
     def step(self, state, blocks, closure, seed, lr):
         c = self.config
-        t = int(state["t"])
+        t = state.t
         active = [i for i, b in enumerate(blocks) if self.is_masked(b) or c.unmasked == "dense"]
         # 0. thresholds h_l: refreshed from the current weights every `threshold_every` steps
-        thresholds = state["thresholds"]
+        thresholds = state.thresholds
         if c.mask == "magnitude" and t % c.threshold_every == 0:
             thresholds = self.refresh_thresholds(state, blocks, seed)
         masks = _StepMasks(c.mask, 1.0 - c.sparsity, thresholds, seed, self.scratch.chunk)
@@ -307,4 +316,4 @@ class SparseMeZO(ZOMethod):
         dense = sum(blocks[i].numel for i in active if not self.is_masked(blocks[i]))
         total = sum(b.numel for b in blocks) or 1
         extra = {"perturbed_frac": (kept + dense) / total}
-        return {"t": t + 1, "thresholds": thresholds}, StepRecord(seed, (loss_plus, loss_minus), lr, (g,), extra)
+        return state.replace(t=t + 1, thresholds=thresholds), StepRecord(seed, (loss_plus, loss_minus), lr, (g,), extra)

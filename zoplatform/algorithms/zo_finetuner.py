@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from pydantic import Field
@@ -118,6 +119,7 @@ from ..policy import (  # noqa: F401 - re-exported: the policy format lives in z
 )
 from ..types import StepRecord
 from .base import SPSAConfig, ZOMethod
+from .state import State
 
 
 # --------------------------------------------------------------------------
@@ -138,6 +140,16 @@ class ZOFinetunerConfig(SPSAConfig):
     embedding_pattern: str | None = Field(None, description="regex on block names marking embeddings; None: the "
                                                             "policy's flags (nn.Embedding at meta-training), or "
                                                             "the built-in name rule without a policy")
+
+
+@dataclass(frozen=True, eq=False)
+class ZOFinetunerState(State):
+    t: int = 0  # steps taken
+    prev_losses: torch.Tensor | None = None  # (L+, L−) of the previous step (fp64), the policy's input
+    sigma: torch.Tensor | None = None  # σ_b the previous step used (fp32), the policy's input
+    counts: torch.Tensor | None = None  # n_b, each block's effective count in the trace normalisation (fp64)
+    embedding: torch.Tensor | None = None  # each block's embedding flag (bool)
+    weights: dict[str, torch.Tensor] | None = None  # the policy's weights matched to the blocks; None: σ ≡ 1
 
 
 class ZOFinetuner(ZOMethod):
@@ -161,53 +173,54 @@ class ZOFinetuner(ZOMethod):
         if self.policy is not None and c.base_model and self.policy.base_model != c.base_model:
             raise ConfigError(f"{self.name}: policy {self.policy.path} was meta-trained for "
                               f"{self.policy.base_model!r}, not for base_model={c.base_model!r}")
-        self.weights: dict[str, torch.Tensor] | None = None
-        self.counts: torch.Tensor | None = None
         self.kind = self.policy.kind if self.policy is not None else None
 
     # -- state ------------------------------------------------------------------
-    def init(self, blocks: Sequence[Block]) -> dict:
+    State = ZOFinetunerState
+
+    def init(self, blocks: Sequence[Block]) -> ZOFinetunerState:
+        """The policy matched to ``blocks`` (a layout mismatch is a one-line ConfigError) and its first inputs."""
         c = self.config
-        flags = None
+        flags, weights = None, None
         if self.policy is not None:
-            self.weights, flags = self.policy.for_blocks(blocks)
+            weights, flags = self.policy.for_blocks(blocks)
         if c.embedding_pattern is not None or flags is None:
             rx = re.compile(c.embedding_pattern or DEFAULT_EMBEDDING_PATTERN)
             flags = [bool(rx.search(b.name)) for b in blocks]
         rows = c.embedding_rows or (self.policy.embedding_rows if self.policy else DEFAULT_EMBEDDING_ROWS)
-        self.embedding = flags
-        self.counts = torch.tensor(effective_counts([tuple(b.param.shape) for b in blocks], flags, rows),
-                                   dtype=torch.float64)
-        n = len(blocks)
-        return {"t": 0, "prev_losses": torch.zeros(2, dtype=torch.float64),
-                "sigma": torch.ones(n, dtype=torch.float32)}
+        counts = torch.tensor(effective_counts([tuple(b.param.shape) for b in blocks], flags, rows),
+                              dtype=torch.float64)
+        return ZOFinetunerState(t=0, prev_losses=torch.zeros(2, dtype=torch.float64),
+                                sigma=torch.ones(len(blocks), dtype=torch.float32), counts=counts,
+                                embedding=torch.tensor(flags, dtype=torch.bool), weights=weights)
 
     # -- the policy -------------------------------------------------------------
     @torch.no_grad()
-    def sigma(self, state: dict, blocks: Sequence[Block]) -> torch.Tensor:
+    def sigma(self, state: ZOFinetunerState, blocks: Sequence[Block]) -> torch.Tensor:
         """σ_b for this step (fp32, CPU); ones without a policy."""
-        if self.weights is None:
+        if state.weights is None:
             return torch.ones(len(blocks), dtype=torch.float32)
         if self.kind == KIND_SCALE:  # constant per block: no features, no pass over the weights
-            return self.weights["sigma"].clone()
-        x = policy_features(block_stats(blocks), state["prev_losses"], state["sigma"])
-        return policy_sigma(self.weights, x)
+            return state.weights["sigma"].clone()
+        x = policy_features(block_stats(blocks), state.prev_losses, state.sigma)
+        return policy_sigma(state.weights, x)
 
-    def scales(self, sigma: torch.Tensor) -> tuple[float, list[float]]:
+    def scales(self, state: ZOFinetunerState, sigma: torch.Tensor) -> tuple[float, list[float]]:
         """(c, [c·σ_b]) as Python floats."""
-        if self.weights is None:
+        if state.weights is None:
             return 1.0, [1.0] * sigma.numel()
-        c = trace_scale(sigma, self.counts)
+        c = trace_scale(sigma, state.counts)
         return c, [c * s for s in sigma.double().tolist()]
 
     # -- the step ---------------------------------------------------------------
     def step(self, state, blocks, closure, seed, lr):
         c = self.config
-        if self.counts is None or self.counts.numel() != len(blocks):
-            raise RuntimeError(f"{self.name}: call init(blocks) before step (the policy is matched to the blocks)")
+        if state.counts is None or state.counts.numel() != len(blocks):
+            raise RuntimeError(f"{self.name}: this state is not from init(blocks) for these {len(blocks)} blocks "
+                               "(the policy is matched to the blocks there)")
         # 1. policy: σ_b from (θ_b stats, previous L±, previous σ_b); trace-normalised scale s_b = c·σ_b
         sigma = self.sigma(state, blocks)
-        trace_c, s = self.scales(sigma)
+        trace_c, s = self.scales(state, sigma)
         # 2. two evaluations on the same batch at θ ± ε s⊙z
         loss_plus, loss_minus = self.two_point(blocks, seed, closure, scale=s)
         # 3. projected gradient
@@ -215,8 +228,8 @@ class ZOFinetuner(ZOMethod):
         # 4. restore + decay + SGD step, fused: θ_b ← β_b θ'_b + (ε β_b − η g)·s_b z_b
         self.restore_update(blocks, seed, lr, g, scale=s)
         # 5. the policy's next inputs
-        new = {"t": int(state["t"]) + 1, "prev_losses": torch.tensor([loss_plus, loss_minus], dtype=torch.float64),
-               "sigma": sigma.clone()}
+        new = state.replace(t=state.t + 1, prev_losses=torch.tensor([loss_plus, loss_minus], dtype=torch.float64),
+                            sigma=sigma.clone())
         extra = {"sigma_mean": float(sigma.mean()), "sigma_max": float(sigma.max()),
                  "sigma_min": float(sigma.min()), "trace_c": trace_c}
         return new, StepRecord(seed, (loss_plus, loss_minus), lr, (g,), extra)
@@ -224,10 +237,10 @@ class ZOFinetuner(ZOMethod):
     # -- end-of-run numbers (written by pipelines/method_reports.py) ----------------------
     def block_table(self, state, blocks: Sequence[Block]) -> list[dict]:
         """Per block: its effective count n_b, whether it is an embedding, the last σ_b and c·σ_b."""
-        if self.counts is None:
+        if state.counts is None:
             return []
-        sigma = state["sigma"]
-        c = trace_scale(sigma, self.counts) if self.weights is not None else 1.0
-        return [{"block": b.name, "numel": b.numel, "effective_count": int(self.counts[i]),
-                 "embedding": int(self.embedding[i]), "sigma": float(sigma[i]), "scale": c * float(sigma[i])}
+        sigma = state.sigma
+        c = trace_scale(sigma, state.counts) if state.weights is not None else 1.0
+        return [{"block": b.name, "numel": b.numel, "effective_count": int(state.counts[i]),
+                 "embedding": int(state.embedding[i]), "sigma": float(sigma[i]), "scale": c * float(sigma[i])}
                 for i, b in enumerate(blocks)]
