@@ -88,11 +88,10 @@ True
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field
-
-from dataclasses import dataclass
 
 from ..types import StepRecord
 from .base import SPSAConfig, ZOMethod, as_float

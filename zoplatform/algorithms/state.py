@@ -32,11 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self
 
 import torch
-
-S = TypeVar("S", bound="State")
 
 
 def _copy(v: Any) -> Any:
@@ -60,7 +58,7 @@ class State(Mapping):
     donated: ClassVar[tuple[str, ...]] = ()  # fields whose tensors a step updates in place (module doc)
 
     # -- construction -------------------------------------------------------------
-    def replace(self: S, **changes: Any) -> S:
+    def replace(self, **changes: Any) -> Self:
         """A new state with ``changes`` (the others shared, not copied)."""
         return dataclasses.replace(self, **changes)
 
@@ -69,7 +67,7 @@ class State(Mapping):
         return {k: _copy(v) for k, v in self._flat()}
 
     @classmethod
-    def from_state_dict(cls: type[S], d: Mapping[str, Any]) -> S:
+    def from_state_dict(cls, d: Mapping[str, Any]) -> Self:
         """The state ``state_dict()`` wrote; an unknown key is an error, a missing one takes its default."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kw: dict[str, Any] = {}
