@@ -19,7 +19,7 @@ step() { echo "=== $(date -u +%FT%TZ) $*"; "$PY" -m pipelines.cli compare "${COM
 # 1. SST-2 to 5 paired seeds for the bf16-mixed rows
 step --methods "mezo,fzoo-lr3e-3,zo-finetuner-descent" --tasks sst2 --seeds 5 --experiment zo-evidence-bf16 --out "$OUT"
 # 2. the task pilot: zero-shot on the four pool tasks, MeZO seed 0 on MR and CR (its runs are seed 0 of step 3)
-step --methods zero-shot --tasks mr,cr,subj,mpqa --seeds 1 --experiment zo-task-pilot --out "$RESULTS/task-pilot-bf16-smollm2-cpu"
+step --methods zero-shot --reference zero-shot --tasks mr,cr,subj,mpqa --seeds 1 --experiment zo-task-pilot --out "$RESULTS/task-pilot-bf16-smollm2-cpu"
 step --methods mezo --tasks mr,cr --seeds 1 --experiment zo-evidence-bf16 --out "$OUT"
 TASK=$("$PY" - "$RESULTS/task-pilot-bf16-smollm2-cpu" "$OUT" <<'PY'
 import json, sys, pathlib
