@@ -2,17 +2,9 @@
 # The bf16-mixed evidence queue (issues 15-18) on this machine class (2 cores): each step is a resumable
 # `zo compare` (finished runs are reused, cut-off ones resume), two runs at a time (local Ray, one thread per run).
 #   RESULTS=benchmarks/results setsid nohup bash benchmarks/evidence_bf16_queue.sh > evidence.log 2>&1 &
-set -uo pipefail
 cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$PWD"
-PY=${PY:-.venv/bin/python}
-RESULTS=${RESULTS:-benchmarks/results}
-URI=${URI:-sqlite:///$PWD/mlflow.db}
-CONFIGS=${CONFIGS:-benchmarks/compare_evidence_bf16.yaml}
-COMMON=(--model smollm2-135m --forward-budget 600 --eval-points 6 --num-dev 200 --num-test 872
-        --configs "$CONFIGS" --backend ray --resources cpu=1 --tracking-uri "$URI" --json)
+source benchmarks/evidence_env.sh
 while [ -n "${WAIT_PID:-}" ] && kill -0 "$WAIT_PID" 2>/dev/null; do sleep 20; done
-step() { echo "=== $(date -u +%FT%TZ) $*"; "$PY" -m pipelines.cli compare "${COMMON[@]}" "$@" | tail -1; }
 
 # 1. FZOO's own lr on SST-2 dev (seed 0; the final dev loss decides, test is not looked at)
 PILOT="$RESULTS/fzoo-lr-bf16-smollm2-cpu"

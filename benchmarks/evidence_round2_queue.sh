@@ -4,17 +4,9 @@
 # FZOO, MeZO and the learned policy on it.  Same protocol and configs as evidence_bf16_queue.sh; each step is a
 # resumable `zo compare` (finished runs are reused, cut-off ones resume), two runs at a time, one thread each.
 #   RESULTS=benchmarks/results setsid nohup bash benchmarks/evidence_round2_queue.sh > evidence.log 2>&1 &
-set -uo pipefail
 cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$PWD"
-PY=${PY:-.venv/bin/python}
-RESULTS=${RESULTS:-benchmarks/results}
-URI=${URI:-sqlite:///$PWD/mlflow.db}
-CONFIGS=${CONFIGS:-benchmarks/compare_evidence_bf16.yaml}
+source benchmarks/evidence_env.sh
 OUT="$RESULTS/evidence-bf16-smollm2-cpu"
-COMMON=(--model smollm2-135m --forward-budget 600 --eval-points 6 --num-dev 200 --num-test 872
-        --configs "$CONFIGS" --backend ray --resources cpu=1 --tracking-uri "$URI" --json)
-step() { echo "=== $(date -u +%FT%TZ) $*"; "$PY" -m pipelines.cli compare "${COMMON[@]}" "$@" | tail -1 | cut -c1-400; }
 
 # 1. SST-2 to 5 paired seeds for the bf16-mixed rows
 step --methods "mezo,fzoo-lr3e-3,zo-finetuner-descent" --tasks sst2 --seeds 5 --experiment zo-evidence-bf16 --out "$OUT"
