@@ -49,10 +49,10 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-def forwards_to_reach(curve: list[dict], target: float) -> int | None:
-    """Forward passes at the first dev evaluation with accuracy ≥ target."""
+def forwards_to_reach(curve: list[dict], target: float, key: str = "dev_accuracy") -> int | None:
+    """Forward passes at the first dev evaluation with accuracy ≥ target (``key="dev_loss"``: loss ≤ target)."""
     for e in curve:
-        if e["dev_accuracy"] >= target - 1e-12:
+        if (e[key] <= target + 1e-12) if key == "dev_loss" else (e[key] >= target - 1e-12):
             return int(e["forwards"])
     return None
 
@@ -83,12 +83,13 @@ def collect(cfg: CompareConfig, specs: list[RunSpec]) -> tuple[list[dict], list[
                      "peak_memory_mb": sm.get("peak_memory_mb"), "mlflow_run_id": sm.get("mlflow_run_id"),
                      "error": sm.get("error"), "curve": curve, "out_dir": str(s.out_dir),
                      "direction": direction_of(s.config), "precision": precision_of(s.config)})
-    ref_final = {(r["task"], r["seed"]): r["final_dev_accuracy"] for r in runs
-                 if r["label"] == cfg.reference and r["final_dev_accuracy"] is not None}
-    for r in runs:
-        target = ref_final.get((r["task"], r["seed"]))
-        r["forwards_to_reference"] = (forwards_to_reach(r["curve"], target)
-                                      if target is not None and r["curve"] and r["label"] != ZERO_SHOT else None)
+    for key, col in (("dev_accuracy", "forwards_to_reference"), ("dev_loss", "forwards_to_reference_loss")):
+        ref_final = {(r["task"], r["seed"]): r[f"final_{key}"] for r in runs
+                     if r["label"] == cfg.reference and r[f"final_{key}"] is not None}
+        for r in runs:
+            target = ref_final.get((r["task"], r["seed"]))
+            r[col] = (forwards_to_reach(r["curve"], target, key)
+                      if target is not None and r["curve"] and r["label"] != ZERO_SHOT else None)
     agg = []
     for label in cfg.methods:
         for task in cfg.tasks:
@@ -97,6 +98,7 @@ def collect(cfg: CompareConfig, specs: list[RunSpec]) -> tuple[list[dict], list[
             acc_m, acc_s = _mean_std([r["test_accuracy"] for r in done])
             loss_m, loss_s = _mean_std([r["final_dev_loss"] for r in done])
             reached = [r["forwards_to_reference"] for r in done if r["forwards_to_reference"] is not None]
+            reached_loss = [r["forwards_to_reference_loss"] for r in done if r["forwards_to_reference_loss"] is not None]
             mem = [r["peak_memory_mb"] for r in done if r["peak_memory_mb"] is not None]
             agg.append({"label": label, "method": rs[0]["method"], "task": task, "seeds": len(done),
                         "failed": sum(r["status"] == "failed" for r in rs),
@@ -104,6 +106,8 @@ def collect(cfg: CompareConfig, specs: list[RunSpec]) -> tuple[list[dict], list[
                         "final_dev_loss_mean": loss_m, "final_dev_loss_std": loss_s,
                         "forwards_to_reference_mean": statistics.fmean(reached) if reached else None,
                         "reached_reference": f"{len(reached)}/{len(done)}",
+                        "forwards_to_reference_loss_mean": statistics.fmean(reached_loss) if reached_loss else None,
+                        "reached_reference_loss": f"{len(reached_loss)}/{len(done)}",
                         "wall_time_s_mean": _mean_std([r["wall_time_s"] for r in done])[0],
                         "peak_memory_mb_max": max(mem) if mem else None,
                         "steps": rs[0]["steps"], "forward_budget": cfg.budget(task)})
@@ -347,14 +351,15 @@ def markdown(cfg: CompareConfig, agg: list[dict], machine: str, flat_tasks: Sequ
             a = next(x for x in agg if x["label"] == label and x["task"] == task)
             cells.append(_pct(a) + ("" if a["seeds"] in (0, len(cfg.seeds)) else f" (n={a['seeds']})"))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", f"Details (forward passes to reach `{cfg.reference}`'s final dev accuracy, per seed, mean over "
-                  f"the seeds that reach it):", "",
-              "| method | task | steps | test acc % | final dev loss | fwd to reference | reached | wall s | "
-              "peak MB |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", f"Details (forward passes to reach `{cfg.reference}`'s final dev accuracy, and its final dev "
+                  f"loss, per seed: mean over the seeds that reach it):", "",
+              "| method | task | steps | test acc % | final dev loss | fwd to ref acc | reached | fwd to ref loss | "
+              "reached | wall s | peak MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in agg:
         loss = _pm(a["final_dev_loss_mean"], a["final_dev_loss_std"], a["seeds"], fmt="{:.3f}")
         lines.append(f"| {a['label']} | {a['task']} | {a['steps']} | {_pct(a)} | {loss} | "
                      f"{_num(a['forwards_to_reference_mean'])} | {a['reached_reference']} | "
+                     f"{_num(a.get('forwards_to_reference_loss_mean'))} | {a.get('reached_reference_loss', '–')} | "
                      f"{_num(a['wall_time_s_mean'])} | {_num(a['peak_memory_mb_max'])} |")
     paired = [(a["label"], a["task"], a["paired"]) for a in agg if a.get("paired")]
     if flat_tasks:

@@ -39,6 +39,10 @@ def test_forwards_to_reach_takes_the_first_evaluation_at_or_above_the_target():
     assert forwards_to_reach(curve, 0.7) == 10
     assert forwards_to_reach(curve, 0.75) == 30
     assert forwards_to_reach(curve, 0.9) is None
+    losses = [{"forwards": f, "dev_loss": x} for f, x in ((0, 0.9), (10, 0.7), (20, 0.75), (30, 0.6))]
+    assert forwards_to_reach(losses, 0.7, "dev_loss") == 10  # the first at or below: lower loss is better
+    assert forwards_to_reach(losses, 0.65, "dev_loss") == 30
+    assert forwards_to_reach(losses, 0.5, "dev_loss") is None
 
 
 def test_report_says_where_the_reference_never_beat_its_step_0_dev_accuracy(tmp_path):
