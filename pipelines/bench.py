@@ -156,10 +156,13 @@ def _run_child(args: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _laws(name: str, directions) -> list:
-    """The direction laws to measure a method with (None: the method has no choice, e.g. LOREN's sampler)."""
+def _laws(name: str, directions, opts: dict | None = None) -> list:
+    """The direction laws to measure a method with (None: the method has no choice, e.g. LOREN's sampler, or
+    its spec names one itself, e.g. ``mezo:direction=rademacher``)."""
     import zoplatform
 
+    if "direction" in (opts or {}):
+        return [None]
     return list(directions) if "direction" in zoplatform.get_method(name).Config.model_fields else [None]
 
 
@@ -175,7 +178,7 @@ def _mode_times(model, task, batch_size, device, data_dir, precision: str, specs
     base = [p.detach().clone() for p in m.parameters()]
     first = True
     for spec, (name, opts) in specs.items():
-        for direction in _laws(name, directions):
+        for direction in _laws(name, directions, opts):
             for p, b in zip(m.parameters(), base):  # every method starts from the loaded weights
                 p.data = b.clone()
             law = {"direction": direction} if direction else {}
@@ -305,7 +308,7 @@ def step_cost(*, model: str, task: str, batch_size: int = 16, methods=("mezo",),
 
     base = [p.detach().clone() for p in m.parameters()]
     for spec, (name, opts) in specs.items():
-        for direction in _laws(name, directions):
+        for direction in _laws(name, directions, opts):
             law = {"direction": direction} if direction else {}
             opt = zoplatform.optimizer(name, m.named_parameters(), lr=1e-7, record=False, **law, **opts)
             fracs: list[float] = []
@@ -346,7 +349,7 @@ def step_cost(*, model: str, task: str, batch_size: int = 16, methods=("mezo",),
                          "loaded_mb": loaded / 2**20, "inference_peak_mb": inf / 2**20, "fo_peak_mb": fo / 2**20,
                          "fo_mem_to_inference_ratio": fo / inf}
         for spec, (name, opts) in specs.items():
-            for direction in _laws(name, directions):
+            for direction in _laws(name, directions, opts):
                 zo = _run_child(common | {"mode": "zo", "method": name, "options": opts,
                                           "direction": direction})["peak_bytes"]
                 out["methods"][f"{spec}/{direction}" if direction else spec].update(

@@ -145,3 +145,13 @@ def test_cross_field_checks_of_the_method_run_on_load(tmp_path):
     f = _file(tmp_path, {"init_budget": "{dist: uniform, low: 0.3, high: 0.9}"}, method="curvzo")
     with pytest.raises(ConfigError, match=r"params.init_budget=0.9: .*must lie in"):
         load_space(f)
+
+
+def test_bench_measures_a_spec_that_names_its_direction_once_with_that_law():
+    """`zo bench step-cost --methods mezo:direction=rademacher` measures MeZO once, with its own law (it used to
+    pass direction twice and crash); a spec without one is measured under every --directions law."""
+    from pipelines.bench import _laws
+
+    assert _laws("mezo", ["gaussian", "pool"], {"direction": "rademacher"}) == [None]
+    assert _laws("mezo", ["gaussian", "pool"], {}) == ["gaussian", "pool"]
+    assert _laws("loren", ["gaussian", "pool"]) == [None]  # LOREN has its own sampler
