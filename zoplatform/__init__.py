@@ -12,6 +12,7 @@ Flat public API::
 """
 from . import algorithms as _algorithms  # noqa: F401 - registers the methods
 from .algorithms import MeZO, ZOMethod
+from .algorithms.state import State
 from .errors import ConfigError, DataError, ZOError
 from .optim import ZOOptimizer, optimizer
 from .params import Block, blocks_from_named, model_blocks, no_decay_names
@@ -28,6 +29,7 @@ __all__ = [
     "Example",
     "MeZO",
     "Splits",
+    "State",
     "StepRecord",
     "Trajectory",
     "ZOError",
