@@ -129,6 +129,18 @@ def run_links(run_id: str, tracking_uri: str | None = None) -> dict[str, str] | 
     return ui_links(uri, exp_id, run_id)
 
 
+def run_exists(run_id: str, tracking_uri: str | None = None) -> bool:
+    """Whether the store at ``tracking_uri`` holds run ``run_id`` (False for a store made afresh, e.g. a
+    deleted ``mlflow.db``, that an out dir's saved parent id no longer points into)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        open_client(resolve_tracking_uri(tracking_uri)).get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
 class MlflowTracker:
     def __init__(self, tracking_uri: str | None = None, experiment: str = "zoplatform", run_name: str | None = None,
                  parent_run_id: str | None = None, run_id: str | None = None, system_metrics: bool = True,
