@@ -189,6 +189,14 @@ def test_two_methods_two_tasks_two_seeds_table_plots_and_mlflow(tmp_path, uri):
     assert code == 0 and part["status"] == "partial" and part["missing"] == 4, text
     assert not (root / "runs" / "sst2" / "mezo" / "seed2").exists()
     assert all(a["seeds"] == 2 for a in part["aggregate"]) and "(n=2)" in (root / "results.md").read_text()
+    # a saved parent the store does not hold (a fresh mlflow.db at the same URI) gets a new parent, not a crash
+    saved = json.loads((root / "compare.json").read_text())
+    (root / "compare.json").write_text(json.dumps({**saved, "parent_run_id": "0" * 32}))
+    code, fresh, text = compare(tmp_path, uri, "--methods", "mezo,cz-port", "--tasks", "sst2,rte", "--seeds", "2",
+                                "--forward-budget", "8", "--configs", str(tmp_path / "configs.yaml"), "--report-only")
+    assert code == 0 and f"parent run {'0' * 32} is not in" in text, text
+    assert fresh["parent_run_id"] not in (out["parent_run_id"], "0" * 32) and fresh["aggregate"] == out["aggregate"]
+    assert json.loads((root / "compare.json").read_text())["parent_run_id"] == fresh["parent_run_id"]
     # a changed method config does not silently reuse a run made with another one
     (tmp_path / "configs.yaml").write_text("cz-port: {method: curvzo, lr: 1.0e-4, method_options: {profile: port}}\n"
                                            "mezo: {lr: 1.0e-3, eps: 1.0e-2}\n")
