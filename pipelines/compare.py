@@ -252,7 +252,7 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
     """Plan, run what is missing, report.  Returns the JSON summary."""
     from zoplatform.models import PACKAGED, prepare_packaged
     from zoplatform.tracking import compare_runs_link, ending, print_links, set_note
-    from zoplatform.tracking.mlflow import MlflowTracker, resolve_tracking_uri, run_exists
+    from zoplatform.tracking.mlflow import MlflowTracker, resolve_tracking_uri
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
@@ -270,12 +270,8 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
     saved = json.loads(state_path.read_text()) if state_path.is_file() else {}
     name = parent_name(cfg)
     reopened = saved.get("parent_run_id") if saved.get("tracking_uri") == uri else None
-    if reopened and not run_exists(reopened, uri):  # the store was made afresh: the old parent is gone
-        print(f"compare: parent run {reopened} is not in {uri} (a new store?): starting a new parent run",
-              file=sys.stderr, flush=True)
-        reopened = None
     parent = MlflowTracker(tracking_uri=uri, experiment=cfg.experiment, run_name=name, run_id=reopened,
-                           system_metrics=False)  # another store: a new parent run there
+                           system_metrics=False)  # another store, or one without it: a new parent run
     persisted = cfg.model_dump(exclude={"update_readme", "report_only"})
     parent.start({**persisted, "runs": len(specs)},
                  tags={"zo.kind": "compare", "model": cfg.model, "methods": ",".join(cfg.methods),

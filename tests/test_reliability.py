@@ -252,6 +252,27 @@ def test_concurrent_trackers_on_a_fresh_sqlite_store(tmp_path):
     assert len(runs) == 3
 
 
+def test_a_saved_run_id_the_store_does_not_hold_starts_a_new_run(tmp_path, capsys):
+    """A checkpoint's / sweep.json's / compare.json's run id against a store made afresh: a new run, one line."""
+    from zoplatform.tracking.mlflow import MlflowTracker
+
+    uri = f"sqlite:///{tmp_path}/fresh.db"
+    kept = MlflowTracker(tracking_uri=uri, experiment="e", system_metrics=False)
+    kept.start({"a": 1})
+    kept.end()
+    again = MlflowTracker(tracking_uri=uri, experiment="e", run_id=kept.run_id, system_metrics=False)
+    again.start({"a": 1})  # held by the store: the same run, reopened
+    again.end()
+    lost = MlflowTracker(tracking_uri=uri, experiment="e", run_id="0" * 32, system_metrics=False)
+    lost.start({"a": 2})
+    lost.end()
+    assert again.run_id == kept.run_id and lost.run_id not in (kept.run_id, "0" * 32)
+    assert f"run {'0' * 32} is not in {uri}" in capsys.readouterr().err
+    runs = client(uri).search_runs([client(uri).get_experiment_by_name("e").experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted([kept.run_id, lost.run_id])
+    assert next(r for r in runs if r.info.run_id == lost.run_id).data.params == {"a": "2"}
+
+
 # -- 8. bounds ------------------------------------------------------------------------------------------
 @needs_data
 def test_batch_and_steps_bounds_are_checked_before_work(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -129,18 +130,6 @@ def run_links(run_id: str, tracking_uri: str | None = None) -> dict[str, str] | 
     return ui_links(uri, exp_id, run_id)
 
 
-def run_exists(run_id: str, tracking_uri: str | None = None) -> bool:
-    """Whether the store at ``tracking_uri`` holds run ``run_id`` (False for a store made afresh, e.g. a
-    deleted ``mlflow.db``, that an out dir's saved parent id no longer points into)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        open_client(resolve_tracking_uri(tracking_uri)).get_run(run_id)
-    except MlflowException:
-        return False
-    return True
-
-
 class MlflowTracker:
     def __init__(self, tracking_uri: str | None = None, experiment: str = "zoplatform", run_name: str | None = None,
                  parent_run_id: str | None = None, run_id: str | None = None, system_metrics: bool = True,
@@ -163,10 +152,19 @@ class MlflowTracker:
     # -- lifecycle ----------------------------------------------------------
     def start(self, params: dict[str, Any], tags: dict[str, str] | None = None) -> None:
         from mlflow.entities import Param, RunTag
+        from mlflow.exceptions import MlflowException
 
         tags = dict(tags or {})
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
+        reopened = None
+        if self.run_id is not None:  # a saved id (checkpoint, compare.json, sweep.json) the store may have lost
+            try:
+                reopened = self.client.get_run(self.run_id)
+            except MlflowException:
+                print(f"MLflow: run {self.run_id} is not in {self.uri} (a new store?): starting a new run",
+                      file=sys.stderr, flush=True)
+                self.run_id = None
         if self.run_id is None:
             note = self.experiment_note or EXPERIMENT_NOTES.get(tags.get("zo.kind", ""))
             exp_id = ensure_experiment(self.client, self.experiment, self.uri, note=note)
@@ -176,7 +174,7 @@ class MlflowTracker:
             for i in range(0, len(items), 100):
                 self.client.log_batch(self.run_id, params=items[i:i + 100])
         else:  # resumed: reopen the same run, params are already there
-            self.experiment_id = self.client.get_run(self.run_id).info.experiment_id
+            self.experiment_id = reopened.info.experiment_id
             self.client.update_run(self.run_id, status="RUNNING")
             if tags:
                 self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
