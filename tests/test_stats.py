@@ -57,6 +57,25 @@ def test_identical_runs_give_zero_difference_with_a_zero_width_interval():
     assert t["delta"] == 0 and t["ci95"] == [0.0, 0.0] and t["verdict"] == "no difference"
 
 
+def test_two_seeds_with_equal_differences_keep_the_test_sets_noise():
+    """Two seeds whose Δs coincide (-2 of 872 each) over runs that disagree on 40 examples per seed, different
+    examples in each seed: the spread of the seed means is 0, but the interval keeps the test set's noise
+    (about ±2·sqrt(40/2)/872 ≈ 1 point), so no difference is called (before the floor: a zero-width 'worse')."""
+    n = 872
+    a, b = [], []
+    for s in range(2):
+        idx = np.arange(40) + 40 * s  # this seed's discordant examples
+        x, y = np.ones(n, bool), np.ones(n, bool)
+        x[idx[:21]] = False  # A wrong, B right on 21
+        y[idx[21:]] = False  # A right, B wrong on 19
+        a.append(x)
+        b.append(y)
+    r = stats.paired_accuracy(a, b)
+    assert r["per_seed"] == pytest.approx([-2 / n, -2 / n])
+    assert r["verdict"] == "no difference" and r["ci95"][0] < 0 < r["ci95"][1]
+    assert r["half_width"] > 0.005  # > 0.5 points, not the zero width of the seed spread alone
+
+
 def test_a_clear_difference_is_called_in_the_right_direction():
     rng = np.random.default_rng(1)
     a = [rng.random(500) < 0.8 for _ in range(5)]
