@@ -24,14 +24,17 @@ The bootstrap draws both levels, keeping the pairs intact:
   which with 5 seeds nearly doubles the variance when test noise dominates -- Davison & Hinkley 1997, *Bootstrap
   Methods and their Application*, §3.8);
 - so ``Var* Δ* = s²/S + c̄``, floored at the bootstrap's ``Var*(mean_s Δ*_s)``, the test-set noise of the seed
-  mean, which the true variance cannot be below (a departure from the plain estimator); with few seeds that variance is itself uncertain, so the distribution is rescaled about
-  Δ until its central 95% spans ±t(ν)·sd*, ν by Welch-Satterthwaite (the seed part has S - 1 degrees of freedom),
-  keeping the bootstrap's asymmetry.  With disjoint test sets (c̄ = 0) this is the paired t interval over seed
-  means; with one seed, only the test set's noise is known and the interval says nothing about other seeds.
+  mean, which the true variance cannot be below (a departure from the plain estimator); with few seeds that
+  variance is itself uncertain, so the distribution is rescaled about Δ until its central 95% spans ±t(ν)·sd*,
+  ν by Welch-Satterthwaite (the seed part has S - 1 degrees of freedom), keeping the bootstrap's asymmetry.
+  With disjoint test sets (c̄ = 0) this is the paired t interval over seed means (or, when the seeds agree more
+  closely than their test noise allows, the floor); with one seed, only the test set's noise is known and the
+  interval says nothing about other seeds.
 
 Calibration (simulated seeds × examples with seed, example and interaction effects, 1000-2000 comparisons each):
 the 95% interval covers the true difference 93-95.5% of the time with 5-10 seeds, shared or disjoint test sets,
-seed- or test-dominated noise (``tests/test_stats.py``: 95.3% with the variance floor below, 94.6% without); 93% with 3 seeds.
+seed- or test-dominated noise (``tests/test_stats.py``: 95.3% with the variance floor, 94.6% without); 93% with
+3 seeds.
 
 The interval is the 2.5/97.5% percentiles of Δ*, the p-value two-sided from the same distribution
 (``2·min(P(Δ* ≤ 0), P(Δ* ≥ 0))``, each counted as (1 + #)/(B + 1), so never below 2/(B + 1)), the verdict
@@ -154,14 +157,13 @@ def paired_accuracy(correct_a: Sequence, correct_b: Sequence, uids: Sequence | N
         boot = delta + test
     else:
         cov = np.atleast_2d(np.cov(ex, rowvar=False))
-        shared = max(0.0, float((cov.sum() - np.trace(cov)) / (S * (S - 1))))  # test noise common to the seeds
+        c_bar = max(0.0, float((cov.sum() - np.trace(cov)) / (S * (S - 1))))  # test noise common to the seeds
         v_seed = float(per_seed.var(ddof=1)) / S  # spread of the seed means: seeds + per-seed test noise
         var_test = float(test.var())
         # floor: Var Δ = σ_a²/S + 1ᵀΣ1/S² is at least the test-set noise of the seed mean, 1ᵀΣ1/S², whose
         # bootstrap estimate is var_test; with few seeds whose Δs happen to coincide s²/S + c̄ falls below it (to
-        # 0 with two equal Δs and c̄ <= 0: a zero-width interval over runs that disagree on dozens of examples)
-        c_bar = shared  # the part more seeds do not reduce (the floor's is per-seed test noise: it does)
-        shared = max(shared, var_test - v_seed)
+        # 0 with two equal Δs and c̄ = 0: a zero-width interval over runs that disagree on dozens of examples)
+        shared = max(c_bar, var_test - v_seed)  # the floor's addition is per-seed test noise: more seeds reduce it
         alpha = math.sqrt(shared / var_test) if var_test > 0 else 0.0
         seeds_part = per_seed[rng.integers(0, S, size=(B, S))].mean(1) - delta
         total = v_seed + shared
