@@ -201,14 +201,28 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
                               f"with --resume, or choose another --out-dir (a new run would overwrite it)")
         if cfg.resume and method is None:
             raise ConfigError("resume is supported for ZO methods (their trajectory is the checkpoint), not for 'fo'")
+        finished = False
         try:
-            return _run(cfg, requested, task, method, splits, out_dir, saved if cfg.resume else None, tracker,
-                        on_eval, should_stop, t_start, w)
+            result = _run(cfg, requested, task, method, splits, out_dir, saved if cfg.resume else None, tracker,
+                          on_eval, should_stop, t_start, w)
+            finished = True
+            return result
         finally:
             if w.size > 1:
-                import torch.distributed as dist
+                leave_world(finished)
 
-                dist.destroy_process_group()
+
+def leave_world(finished: bool) -> None:
+    """Tear the process group down.  After a finished run every worker first waits at a barrier
+    for the others (the main one writes artifacts and MLflow records after its last collective):
+    a worker that destroyed its gloo group and exited while a peer still held the connections
+    was seen to abort ("terminate called without an active exception", SIGABRT), failing a run
+    that had finished.  A run that failed skips the barrier, since a peer may be gone."""
+    import torch.distributed as dist
+
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval, should_stop, t_start, w):
