@@ -8,8 +8,10 @@ answers "did tuning help?" after the search:
    entry (the paper's setting) are re-run with N fresh seeds, ``seed + 1 .. seed + N`` (never the trials' own), at
    the trials' budget: the same steps, data sizes and fine-tune options, only the seed differs;
 2. every run is an MLflow child run of the sweep's parent run (tags ``zo.kind=sweep-confirm``, ``zo.confirm``,
-   ``zo.confirm_seed``), in ``<sweep>/confirm/<label>/seed<k>``, one after another in the driver; a finished run is
-   reused and a cut-off one resumed from its trajectory when the sweep is resumed;
+   ``zo.confirm_seed``), in ``<sweep>/confirm/<label>/seed<k>``; on ``--backend ray`` the runs are Ray tasks with
+   the trials' ``--resources``, up to ``--max-concurrent`` at once (across the cluster, like the trials), on
+   ``--backend optuna`` one after another in the driver; a finished run is reused and a cut-off one resumed from its
+   trajectory when the sweep is resumed;
 3. each configuration is paired with the default seed by seed (same seed: same data sample, order and test set) as
    ``zo compare`` pairs methods (:mod:`pipelines.report`, :mod:`pipelines.stats`): Δ test accuracy with its 95%
    interval, p-value, verdict and resolvable half-width, McNemar per seed, Δ final dev loss and Δ dev-loss AUC.
@@ -93,6 +95,57 @@ def _run_one(cfg, label: str, params: dict, seed: int, out_dir: Path, uri: str, 
             "mlflow_run_id": summary.get("mlflow_run_id"), "error": summary.get("error")}
 
 
+def _run_in_task(cfg, label: str, params: dict, seed: int, out_dir: Path, uri: str, parent_run_id: str,
+                 threads: int) -> dict:
+    """:func:`_run_one` in a Ray task: torch gets the task's CPUs, as a trial does."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return _run_one(cfg, label, params, seed, out_dir, uri, parent_run_id)
+
+
+def _execute(cfg, jobs: list[tuple], uri: str, parent_run_id: str, resources: dict | None) -> dict[tuple, dict]:
+    """Run the confirmation's ``(label, params, seed, out_dir)`` jobs; returns their records by ``(label, seed)``,
+    printing one progress line per finished run."""
+    recs: dict[tuple, dict] = {}
+
+    def finished(rec: dict) -> None:
+        recs[(rec["label"], rec["seed"])] = rec
+        acc = rec["test_accuracy"]
+        print(f"[confirm {len(recs)}/{len(jobs)}] {rec['label']} seed {rec['seed']}: "
+              f"{f'test {acc:.3f}' if acc is not None else rec['error']}", file=sys.stderr, flush=True)
+
+    if cfg.backend != "ray" or resources is None:
+        for label, params, seed, out_dir in jobs:
+            finished(_run_one(cfg, label, params, seed, out_dir, uri, parent_run_id))
+        return recs
+    import ray
+
+    remote = ray.remote(num_cpus=resources["cpu"], num_gpus=resources["gpu"], max_calls=1)(_run_in_task)
+    todo, pending = list(jobs), {}
+    try:
+        while todo or pending:
+            while todo and len(pending) < cfg.max_concurrent:
+                label, params, seed, out_dir = todo.pop(0)
+                ref = remote.remote(cfg, label, params, seed, out_dir, uri, parent_run_id,
+                                    max(1, int(resources["cpu"])))
+                pending[ref] = (label, seed, out_dir)
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            label, seed, out_dir = pending.pop(ready[0])
+            try:
+                rec = ray.get(ready[0])
+            except Exception as e:  # noqa: BLE001 - a lost worker fails this run, not the confirmation
+                rec = {"label": label, "task": cfg.task, "seed": seed, "status": "failed", "curve": [],
+                       "out_dir": str(out_dir), "test_accuracy": None, "mlflow_run_id": None,
+                       "error": f"{type(e).__name__}: {e}"[:300]}
+            finished(rec)
+    except KeyboardInterrupt:  # the runs resume from their checkpoints with the sweep (zo sweep --resume)
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    return recs
+
+
 def _describe(params: dict, default: dict) -> str:
     diff = {k: v for k, v in params.items() if default.get(k) != v}
     if not diff:
@@ -117,8 +170,10 @@ def markdown(cfg, name: str, seeds: list[int], configs: list[dict]) -> str:
     return "\n".join([*lines, "", *paired_table(rows, DEFAULT)]) + "\n"
 
 
-def confirm(cfg, space, rows: list[dict], objectives, sweep_dir: Path, parent, uri: str) -> dict[str, Any]:
-    """Re-run the best configurations and the default on fresh seeds, pair them, report; returns the summary."""
+def confirm(cfg, space, rows: list[dict], objectives, sweep_dir: Path, parent, uri: str,
+            resources: dict | None = None) -> dict[str, Any]:
+    """Re-run the best configurations and the default on fresh seeds, pair them, report; returns the summary.
+    ``resources`` (the trials' ``{"cpu", "gpu"}``) is what each run asks of Ray on ``--backend ray``."""
     from pipelines.report import paired_one, stable_seed
 
     default = default_params(space)
@@ -129,18 +184,10 @@ def confirm(cfg, space, rows: list[dict], objectives, sweep_dir: Path, parent, u
         same = next((c["label"] for c in configs if c["params"] == params), None)
         configs.append({"label": f"best-{i + 1}", "trial": r["trial"], "params": params, "same_as": same})
     distinct = [c for c in configs if c["same_as"] is None]
-    total, done = len(distinct) * len(seeds), 0
-    runs: dict[str, list[dict]] = {}
-    for c in distinct:
-        runs[c["label"]] = []
-        for s in seeds:
-            rec = _run_one(cfg, c["label"], c["params"], s, sweep_dir / "confirm" / c["label"] / f"seed{s}", uri,
-                           parent.run_id)
-            runs[c["label"]].append(rec)
-            done += 1
-            acc = rec["test_accuracy"]
-            print(f"[confirm {done}/{total}] {c['label']} seed {s}: "
-                  f"{f'test {acc:.3f}' if acc is not None else rec['error']}", file=sys.stderr, flush=True)
+    jobs = [(c["label"], c["params"], s, sweep_dir / "confirm" / c["label"] / f"seed{s}") for c in distinct
+            for s in seeds]
+    recs = _execute(cfg, jobs, uri, parent.run_id, resources)
+    runs: dict[str, list[dict]] = {c["label"]: [recs[(c["label"], s)] for s in seeds] for c in distinct}
     for c in configs:
         c["runs"] = runs[c["same_as"] or c["label"]]
         c["setting"] = _describe(c["params"], default) + (

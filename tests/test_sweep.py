@@ -392,16 +392,22 @@ def test_sigterm_to_the_driver_ends_the_sweep_as_ctrl_c_does(backend, tmp_path, 
 
 
 # ----------------------------------------------------------------------------- --confirm-seeds
-def test_confirm_seeds_reruns_the_best_and_the_default_on_fresh_seeds_and_pairs_them(tmp_path, uri, monkeypatch):
-    monkeypatch.setattr(raytools, "connect", no_ray_here)
+@pytest.mark.parametrize("backend", ["optuna", "ray"])  # ray: the confirmation runs are Ray tasks, two at once
+def test_confirm_seeds_reruns_the_best_and_the_default_on_fresh_seeds_and_pairs_them(tmp_path, uri, monkeypatch,
+                                                                                     backend):
+    if backend == "optuna":
+        monkeypatch.setattr(raytools, "connect", no_ray_here)
     # 2 trials = the space's two defaults; both confirmed, one of them is the default itself.  Large steps, so the
     # tiny random model's predictions differ between the two settings
     space = _space(tmp_path, "method: mezo\nparams:\n  lr: {dist: log_uniform, low: 1.0e-4, high: 1.0}\n"
                              "  eps: {dist: log_uniform, low: 1.0e-3, high: 1.0e-1}\n"
                              "defaults:\n  - {lr: 1.0e-2, eps: 1.0e-2}\n  - {lr: 1.0e-1, eps: 1.0e-2}\n")
-    code, s, out = sweep(tmp_path, "--backend", "optuna", "--trials", "2", "--max-concurrent", "1", "--space", space,
-                         "--scheduler", "none", "--num-test", "32", "--confirm-seeds", "2", "--confirm-top", "2")
+    code, s, out = sweep(tmp_path, "--backend", backend, "--trials", "2", "--max-concurrent",
+                         "2" if backend == "ray" else "1", "--space", space, "--scheduler", "none", "--num-test", "32",
+                         "--confirm-seeds", "2", "--confirm-top", "2")
     assert code == 0 and s["status"] == "finished", out
+    assert sorted(ln.split("]")[0] for ln in out.splitlines() if ln.startswith("[confirm ")) == [
+        f"[confirm {k}/4" for k in range(1, 5)]  # one line per run, as each finishes
     conf = s["confirm"]
     assert conf["seeds"] == [1, 2] and conf["steps"] == 4  # fresh seeds (the trials used 0), the trials' budget
     by = {c["label"]: c for c in conf["configs"]}

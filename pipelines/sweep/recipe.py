@@ -123,7 +123,7 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
             if cfg.confirm_seeds and not interrupted:  # did tuning help? pipelines/confirm.py
                 from pipelines.confirm import confirm
 
-                confirmed = confirm(cfg, space, rows, objectives, sweep_dir, parent, uri)
+                confirmed = confirm(cfg, space, rows, objectives, sweep_dir, parent, uri, resources)
             for f in files:
                 parent.log_artifact(f)
             metrics = {f"trials_{k}": v for k, v in counts.items()}
