@@ -36,36 +36,27 @@ def run_one(argv: list[str], out_dir: str, threads: int) -> dict:
 
 def execute_local(todo: list[RunSpec], parent_id: str, uri: str, threads: int, progress) -> None:
     for spec in todo:
-        out = run_one(_finetune_argv(spec, parent_id, uri), str(spec.out_dir), threads)
-        spec.status, spec.summary = ("failed", out) if "error" in out else ("done", out)
-        progress(spec)
+        _settle(spec, run_one(_finetune_argv(spec, parent_id, uri), str(spec.out_dir), threads), progress)
+
+
+def _settle(spec: RunSpec, out: dict, progress) -> None:
+    """A run's outcome (``{"error": ...}`` = failed) onto its spec, then the progress callback."""
+    spec.status, spec.summary = ("failed", out) if "error" in out else ("done", out)
+    progress(spec)
 
 
 def execute_ray(todo: list[RunSpec], parent_id: str, uri: str, resources: dict, progress) -> None:
     import ray
 
     from .raytools import connect as _ray_connect
+    from .raytools import run_tasks
 
     started = _ray_connect()
     try:
         remote = ray.remote(num_cpus=resources["cpu"], num_gpus=resources["gpu"], max_calls=1)(run_one)
-        refs = {remote.remote(_finetune_argv(s, parent_id, uri), str(s.out_dir), _threads_of(resources)): s
-                for s in todo}
-        pending = list(refs)
-        try:
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                spec = refs[ready[0]]
-                try:
-                    out = ray.get(ready[0])
-                except Exception as e:  # noqa: BLE001 - a lost worker fails this run, not the comparison
-                    out = {"error": f"{type(e).__name__}: {e}"[:300]}
-                spec.status, spec.summary = ("failed", out) if "error" in out else ("done", out)
-                progress(spec)
-        except KeyboardInterrupt:
-            for r in pending:
-                ray.cancel(r, force=True)
-            raise
+
+        run_tasks(lambda s: remote.remote(_finetune_argv(s, parent_id, uri), str(s.out_dir), _threads_of(resources)),
+                  todo, lambda spec, out, error: _settle(spec, {"error": error} if error else out, progress))
     finally:
         if started:
             ray.shutdown()

@@ -88,6 +88,11 @@ def _run_one(cfg, label: str, params: dict, seed: int, out_dir: Path, uri: str, 
                                             "zo.confirm_seed": str(seed)})
         except Exception as e:  # noqa: BLE001 - a failed run leaves its seed out of the pairs, not the sweep
             status, summary = "failed", {"error": f"{type(e).__name__}: {e}"[:300]}
+    return _record(cfg, label, seed, out_dir, status, summary)
+
+
+def _record(cfg, label: str, seed: int, out_dir: Path, status: str, summary: dict) -> dict:
+    """A confirmation run as a report run record (its dev curve from the checkpoint, if any)."""
     state = out_dir / "state.json"
     curve = json.loads(state.read_text())["history"]["evals"] if state.is_file() else []
     return {"label": label, "task": cfg.task, "seed": seed, "status": status, "curve": curve,
@@ -104,7 +109,7 @@ def _run_in_task(cfg, label: str, params: dict, seed: int, out_dir: Path, uri: s
     return _run_one(cfg, label, params, seed, out_dir, uri, parent_run_id)
 
 
-def _execute(cfg, jobs: list[tuple], uri: str, parent_run_id: str, resources: dict | None) -> dict[tuple, dict]:
+def _execute(cfg, jobs: list[tuple], uri: str, parent_run_id: str, resources: dict) -> dict[tuple, dict]:
     """Run the confirmation's ``(label, params, seed, out_dir)`` jobs; returns their records by ``(label, seed)``,
     printing one progress line per finished run."""
     recs: dict[tuple, dict] = {}
@@ -115,34 +120,22 @@ def _execute(cfg, jobs: list[tuple], uri: str, parent_run_id: str, resources: di
         print(f"[confirm {len(recs)}/{len(jobs)}] {rec['label']} seed {rec['seed']}: "
               f"{f'test {acc:.3f}' if acc is not None else rec['error']}", file=sys.stderr, flush=True)
 
-    if cfg.backend != "ray" or resources is None:
+    if cfg.backend != "ray":
         for label, params, seed, out_dir in jobs:
             finished(_run_one(cfg, label, params, seed, out_dir, uri, parent_run_id))
         return recs
     import ray
 
+    from pipelines.raytools import run_tasks
+
     remote = ray.remote(num_cpus=resources["cpu"], num_gpus=resources["gpu"], max_calls=1)(_run_in_task)
-    todo, pending = list(jobs), {}
-    try:
-        while todo or pending:
-            while todo and len(pending) < cfg.max_concurrent:
-                label, params, seed, out_dir = todo.pop(0)
-                ref = remote.remote(cfg, label, params, seed, out_dir, uri, parent_run_id,
-                                    max(1, int(resources["cpu"])))
-                pending[ref] = (label, seed, out_dir)
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            label, seed, out_dir = pending.pop(ready[0])
-            try:
-                rec = ray.get(ready[0])
-            except Exception as e:  # noqa: BLE001 - a lost worker fails this run, not the confirmation
-                rec = {"label": label, "task": cfg.task, "seed": seed, "status": "failed", "curve": [],
-                       "out_dir": str(out_dir), "test_accuracy": None, "mlflow_run_id": None,
-                       "error": f"{type(e).__name__}: {e}"[:300]}
-            finished(rec)
-    except KeyboardInterrupt:  # the runs resume from their checkpoints with the sweep (zo sweep --resume)
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
+    threads = max(1, int(resources["cpu"]))
+
+    def done(job, rec, error):
+        label, _, seed, out_dir = job
+        finished(rec if error is None else _record(cfg, label, seed, out_dir, "failed", {"error": error}))
+
+    run_tasks(lambda j: remote.remote(cfg, *j, uri, parent_run_id, threads), jobs, done, cfg.max_concurrent)
     return recs
 
 
@@ -171,7 +164,7 @@ def markdown(cfg, name: str, seeds: list[int], configs: list[dict]) -> str:
 
 
 def confirm(cfg, space, rows: list[dict], objectives, sweep_dir: Path, parent, uri: str,
-            resources: dict | None = None) -> dict[str, Any]:
+            resources: dict) -> dict[str, Any]:
     """Re-run the best configurations and the default on fresh seeds, pair them, report; returns the summary.
     ``resources`` (the trials' ``{"cpu", "gpu"}``) is what each run asks of Ray on ``--backend ray``."""
     from pipelines.report import paired_one, stable_seed

@@ -59,3 +59,28 @@ def connect() -> bool:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, sigterm_as_sigint)
     return True
+
+
+def run_tasks(submit, jobs, on_done, max_pending: int | None = None) -> None:
+    """Run ``submit(job)`` (a Ray task's ObjectRef) for every job, at most ``max_pending`` in flight (None: all at
+    once), and call ``on_done(job, result, error)`` as each finishes; a task that raised (a lost worker) gives
+    ``result=None`` and the error's one line, and fails only its job.  Ctrl-C cancels the tasks still in flight."""
+    import ray
+
+    todo, pending = list(jobs), {}
+    try:
+        while todo or pending:
+            while todo and (max_pending is None or len(pending) < max_pending):
+                job = todo.pop(0)
+                pending[submit(job)] = job
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(ready[0])
+            try:
+                result, error = ray.get(ready[0]), None
+            except Exception as e:  # noqa: BLE001 - a lost worker fails its job, not the batch
+                result, error = None, f"{type(e).__name__}: {e}"[:300]
+            on_done(job, result, error)
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
