@@ -11,7 +11,7 @@ ABL="$RESULTS/ablation-vs-random-bf16-smollm2-cpu"
 ARMS=zo-finetuner-descent,zo-finetuner-random,zo-finetuner-paper
 TASKS=${TASKS:-sst2,mr,cr}
 report() { "$PY" -m pipelines.cli compare "${COMMON[@]}" --report-only --seeds 5 --tasks "$TASKS" --experiment zo-evidence-bf16 "$@" >/dev/null; }
-report --methods "mezo,fzoo-lr3e-3,curvzo,curvzo-port,$ARMS,zero-shot,mezo-fp32" --out "$OUT"
+report --methods "mezo,sparse-mezo-lr3e-5,curvzo,curvzo-port,loren-lr3e-6,fo,fzoo-lr3e-3,$ARMS,zero-shot,mezo-fp32" --out "$OUT"
 mkdir -p "$ABL" && { [ -e "$ABL/runs" ] || ln -s ../evidence-bf16-smollm2-cpu/runs "$ABL/runs"; }
 report --methods "zo-finetuner-random,zo-finetuner-descent,zo-finetuner-paper,mezo" --reference zo-finetuner-random --out "$ABL"
 echo "reports: $OUT/results.md $ABL/results.md"
