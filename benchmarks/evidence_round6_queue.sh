@@ -8,10 +8,14 @@ cd "$(dirname "$0")/.."
 source benchmarks/evidence_env.sh
 OUT="$RESULTS/evidence-bf16-smollm2-cpu"
 # Ordered so that whole rows land first: CurvZO's MR/CR (the cheapest runs: 0.58x MeZO's wall time), then S-MeZO,
-# LOREN and fo on all three tasks, then the CurvZO port profile on MR/CR.
+# LOREN and fo (SST-2, then MR/CR), then the CurvZO port profile on MR/CR.
 S=(--seeds 5 --experiment zo-evidence-bf16 --out "$OUT")
 step --methods "mezo,curvzo" --tasks "mr,cr" "${S[@]}"
-for arm in sparse-mezo-lr3e-5 loren-lr3e-6 fo; do
-  step --methods "mezo,$arm" --tasks "sst2,mr,cr" "${S[@]}"
+step --methods "mezo,sparse-mezo-lr3e-5" --tasks "sst2,mr,cr" "${S[@]}"
+for arm in loren-lr3e-6 fo; do  # SST-2 first: a session that stops early still leaves whole 5-seed cells
+  step --methods "mezo,$arm" --tasks sst2 "${S[@]}"
+done
+for arm in loren-lr3e-6 fo; do
+  step --methods "mezo,$arm" --tasks "mr,cr" "${S[@]}"
 done
 step --methods "mezo,curvzo-port" --tasks "mr,cr" "${S[@]}"
