@@ -2,7 +2,8 @@
 # Sixth pass (issue 16): the matrix's remaining rows at 5 paired seeds on the three learnable tasks, in the evidence
 # protocol (benchmarks/evidence_env.sh; bf16-mixed, Rademacher for ZO): S-MeZO, CurvZO (default and the port
 # profile), LOREN and the first-order baseline, each paired with the MeZO runs already on disk (reused, not re-run).
-# 50 runs left of ~7-12 min at two at a time: about 4-5 hours of this 2-core machine.  Resumable: rerun it.
+# Left after 2026-12-03: LOREN, fo, the port profile on MR/CR (30 runs; LOREN ~29 min a run in bf16-mixed, the
+# others ~7-12): about 6 hours of this 2-core machine at two at a time.  Resumable: rerun it.
 #   RESULTS=benchmarks/results setsid nohup bash benchmarks/evidence_round6_queue.sh > evidence.log 2>&1 &
 cd "$(dirname "$0")/.."
 source benchmarks/evidence_env.sh
