@@ -7,9 +7,11 @@ This script scores the committed policies (descent, paper, random init) with the
     200 train examples excluded, the first 48 are the pilot's), and
   * the unseen tasks of the ablation, SST-2, MR and CR: the first N of the fine-tunes' dev sample at seed 0 (never
     their test sets) — the closed-form model's prediction of the one-step descent gain the fine-tunes could see.
-Everything at the base weights, fp32, one thread.  Usage (from the repo root):
+Everything at the base weights, fp32, one thread.  The MLP policies' loss input (``policy_sigma_at``) is the mean
+held-out loss over all the sets scored here, meta and unseen (meta-training uses its meta-val sets' mean).
+The defaults are the committed run's (transfer.txt/.json, 463 s here); from the repo root:
   PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python benchmarks/results/meta-pilot/transfer.py \
-      [--meta copa,wic --meta-n 144 --unseen sst2,mr,cr --unseen-n 96] > benchmarks/results/meta-pilot/transfer.txt
+      > benchmarks/results/meta-pilot/transfer.txt
 """
 import argparse
 import json
@@ -34,10 +36,10 @@ POLICIES = {"descent": HERE / "descent-copa-trec-wic/policy", "paper": HERE / "p
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--meta", default="copa,wic")
-    ap.add_argument("--meta-n", type=int, default=144)
+    ap.add_argument("--meta", default="copa,trec,wic")
+    ap.add_argument("--meta-n", type=int, default=192)
     ap.add_argument("--unseen", default="sst2,mr,cr")
-    ap.add_argument("--unseen-n", type=int, default=96)
+    ap.add_argument("--unseen-n", type=int, default=192)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--json", default=str(HERE / "transfer.json"))
     args = ap.parse_args()
