@@ -170,7 +170,11 @@ def fo_autocast(method, precision: str, device):
 
     if method is not None or not is_mixed(precision):
         return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=compute_dtype(precision))
+    # cache_enabled=False: autocast caches the low-precision copy of each fp32 leaf weight until the outermost
+    # autocast context exits, and the training loop runs inside one context, so with the cache every step after the
+    # first would run its forward and backward on the step-0 copies while AdamW moves the fp32 weights (the bug
+    # behind the round-6 `fo` runs that diverged on dev: train loss flat, dev loss 1.1 -> 15.8)
+    return lambda: torch.autocast(device_type=device.type, dtype=compute_dtype(precision), cache_enabled=False)
 
 
 def history_from(h: dict):
