@@ -8,9 +8,9 @@
 cd "$(dirname "$0")/.."
 source benchmarks/evidence_env.sh
 OUT="$RESULTS/evidence-bf16-smollm2-cpu"
-# Ordered so that whole cells land first and both run slots stay busy: fo and the CurvZO port profile on MR (one
-# call: ten runs, two at a time), the port profile on CR (~8 min a run), fo on CR and SST-2 (~21 min a run), then LOREN (SST-2, then MR/CR).  LOREN is last because
-# it is the dearest: 12.9 s a step in bf16-mixed here, 8.2x its own six forwards, of which ~7 s is its 18 Gaussian
+# Ordered so that whole cells land first: fo and the CurvZO port profile on MR (one call: ten runs, two at a time),
+# the port profile on CR (~8 min a run), fo on CR and SST-2 (~21 min a run), then LOREN (SST-2, then MR/CR).  LOREN
+# is last because it is the dearest: 12.9 s a step in bf16-mixed here, 8.2x its own six forwards, of which ~7 s is its 18 Gaussian
 # direction passes a step (3K, as in the authors' code; `zo bench step-cost --methods mezo,loren
 # --precisions bf16-mixed`, 2026-12-03), i.e. ~29 min a 600-forward run.
 S=(--seeds 5 --experiment zo-evidence-bf16 --out "$OUT")
