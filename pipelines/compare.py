@@ -133,7 +133,7 @@ class RunSpec:
     seed: int
     config: FinetuneConfig
     out_dir: Path
-    status: str = "new"  # new | resume | done
+    status: str = "new"  # new | resume | restart | done
     summary: dict = field(default_factory=dict)
 
 
@@ -221,8 +221,8 @@ def _comparable(cfg: dict) -> dict:
 
 
 def _saved_status(spec: RunSpec) -> tuple[str, dict]:
-    """done (summary of the same config), resume (a checkpoint of it) or new;
-    a different run in the directory is an error."""
+    """done (summary of the same config), resume (a ZO checkpoint of it), restart (an unfinished ``fo`` run,
+    which has no checkpoint) or new; a different run in the directory is an error."""
     state = spec.out_dir / "state.json"
     if not state.is_file():
         return "new", {}
@@ -238,6 +238,8 @@ def _saved_status(spec: RunSpec) -> tuple[str, dict]:
     summary_path = spec.out_dir / "summary.json"
     if summary_path.is_file():
         return "done", json.loads(summary_path.read_text())
+    if spec.config.method in FO_METHODS:  # backprop keeps no checkpoint (its weights and AdamW state): run it again
+        return "restart", {}
     return "resume", {}
 
 
@@ -294,7 +296,9 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
 
     with ending(parent, "interrupted; rerun the same command to continue (finished runs are reused)") as run_end:
         done = sum(s.status == "done" for s in specs)
-        print(f"compare: {len(specs)} runs, {done} already done, {len(todo)} to run, backend {cfg.backend}",
+        again = sum(s.status == "restart" for s in specs)
+        note = f" ({again} interrupted fo run(s) start again: backprop keeps no checkpoint)" if again else ""
+        print(f"compare: {len(specs)} runs, {done} already done, {len(todo)} to run{note}, backend {cfg.backend}",
               file=sys.stderr, flush=True)
         if cfg.backend == "ray":
             execute_ray(todo, parent.run_id, uri, resources, progress)
@@ -319,7 +323,7 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
         if links and kids:  # the child runs side by side (params and metrics in one table)
             links["children"] = compare_runs_link(uri, parent.experiment_id, kids)
         failed = [r for r in runs if r["status"] == "failed"]
-        missing = [r for r in runs if r["status"] in ("new", "resume")]
+        missing = [r for r in runs if r["status"] in ("new", "resume", "restart")]
         if failed:
             run_end.status = "FAILED"
             run_end.reason = f"{len(failed)} run(s) failed; rerun the same command to retry them"

@@ -17,6 +17,8 @@ def _finetune_argv(spec: RunSpec, parent_run_id: str, tracking_uri: str) -> list
     cfg = spec.config.model_copy(update={"parent_run_id": parent_run_id, "tracking_uri": tracking_uri,
                                          "resume": spec.status == "resume"})
     spec.out_dir.mkdir(parents=True, exist_ok=True)
+    if spec.status == "restart":  # an interrupted fo run: its partial record goes, the run starts again
+        (spec.out_dir / "state.json").unlink(missing_ok=True)
     path = spec.out_dir / "config.json"
     path.write_text(json.dumps(cfg.model_dump(), indent=1))
     return [sys.executable, "-m", "pipelines.cli", "finetune", "--config", str(path), "--json"]

@@ -197,6 +197,9 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
         saved = read_state(out_dir)
         if not cfg.resume and saved is not None and not (out_dir / "summary.json").is_file():
             done = saved.get("history", {}).get("steps_done", "?")
+            if saved.get("config", {}).get("method") in FO_METHODS:
+                raise ConfigError(f"out_dir {out_dir} holds an unfinished 'fo' run (step {done}), which keeps no "
+                                  f"checkpoint: delete its state.json to run it again, or choose another --out-dir")
             raise ConfigError(f"out_dir {out_dir} holds an unfinished run's checkpoint (step {done}): continue it "
                               f"with --resume, or choose another --out-dir (a new run would overwrite it)")
         if cfg.resume and method is None:

@@ -205,6 +205,27 @@ def test_two_methods_two_tasks_two_seeds_table_plots_and_mlflow(tmp_path, uri):
     assert code == 2 and "holds a run with another lr" in text
 
 
+def test_an_interrupted_fo_run_starts_again_and_finished_runs_are_kept(tmp_path, uri):
+    """fo keeps no checkpoint (weights + AdamW state), so a rerun of the comparison runs it again instead of
+    failing on --resume; the ZO runs beside it are reused."""
+    args = ("--methods", "mezo,fo", "--tasks", "sst2", "--seeds", "1", "--forward-budget", "4")
+    code, out, text = compare(tmp_path, uri, *args)
+    assert code == 0 and out["failed"] == 0, text
+    fo, mezo = (tmp_path / "cmp" / "runs" / "sst2" / m / "seed0" for m in ("fo", "mezo"))
+    first = json.loads((fo / "summary.json").read_text())
+    mezo_mtime = (mezo / "summary.json").stat().st_mtime_ns
+    (fo / "summary.json").unlink()  # as a run killed mid-way leaves it: state.json without a summary
+    # alone, the run names why --resume cannot continue it (one line, exit 2)
+    res = CliRunner().invoke(cli, ["finetune", "--config", str(fo / "config.json"), "--tracking-uri", uri])
+    assert res.exit_code == 2 and "keeps no checkpoint" in res.output, res.output
+    code, out, text = compare(tmp_path, uri, *args)
+    assert code == 0 and out["failed"] == 0 and out["missing"] == 0, text
+    assert "1 interrupted fo run(s) start again" in text
+    again = json.loads((fo / "summary.json").read_text())
+    assert again["test_accuracy"] == first["test_accuracy"] and again["steps"] == first["steps"]  # same seed, same run
+    assert (mezo / "summary.json").stat().st_mtime_ns == mezo_mtime
+
+
 def test_ray_backend_runs_independent_runs_in_parallel_workers(tmp_path, uri, ray_session):
     code, out, text = compare(tmp_path, uri, "--methods", "mezo", "--tasks", "sst2", "--seeds", "2",
                               "--forward-budget", "4", "--backend", "ray", "--resources", "cpu=1")
