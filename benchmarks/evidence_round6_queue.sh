@@ -2,17 +2,18 @@
 # Sixth pass (issue 16): the matrix's remaining rows at 5 paired seeds on the three learnable tasks, in the evidence
 # protocol (benchmarks/evidence_env.sh; bf16-mixed, Rademacher for ZO): S-MeZO, CurvZO (default and the port
 # profile), LOREN and the first-order baseline, each paired with the MeZO runs already on disk (reused, not re-run).
-# Left after 2026-12-03 17:45: fo, the port profile on MR/CR, LOREN (30 runs; LOREN ~29 min a run in bf16-mixed,
-# the others ~7-12): about 6 hours of this 2-core machine at two at a time.  Resumable: rerun it.
+# Left after 2026-12-03 21:30: fo on SST-2 (5 runs, ~22 min each) and LOREN on the three tasks (15 runs, ~29 min
+# each): about 4.5 hours of this 2-core machine at two at a time.  Resumable: rerun it (an interrupted fo run
+# starts again, the ZO runs continue from their checkpoints).
 #   RESULTS=benchmarks/results setsid nohup bash benchmarks/evidence_round6_queue.sh > evidence.log 2>&1 &
 cd "$(dirname "$0")/.."
 source benchmarks/evidence_env.sh
 OUT="$RESULTS/evidence-bf16-smollm2-cpu"
 # Ordered so that whole cells land first: fo and the CurvZO port profile on MR (one call: ten runs, two at a time),
-# the port profile on CR (~8 min a run), fo on CR and SST-2 (~21 min a run), then LOREN (SST-2, then MR/CR).  LOREN
-# is last because it is the dearest: 12.9 s a step in bf16-mixed here, 8.2x its own six forwards, of which ~7 s is its 18 Gaussian
-# direction passes a step (3K, as in the authors' code; `zo bench step-cost --methods mezo,loren
-# --precisions bf16-mixed`, 2026-12-03), i.e. ~29 min a 600-forward run.
+# the port profile on CR (~8 min a run), fo on CR and SST-2 (~21 min a run), then LOREN (SST-2, then MR/CR).
+# LOREN is last because it is the dearest: 12.9 s a step in bf16-mixed here, 8.2x its own six forwards, of which
+# ~7 s is its 18 Gaussian direction passes a step (3K, as in the authors' code; `zo bench step-cost --methods
+# mezo,loren --precisions bf16-mixed`, 2026-12-03), i.e. ~29 min a 600-forward run.
 S=(--seeds 5 --experiment zo-evidence-bf16 --out "$OUT")
 step --methods "mezo,curvzo" --tasks "mr,cr" "${S[@]}"
 step --methods "mezo,sparse-mezo-lr3e-5" --tasks "sst2,mr,cr" "${S[@]}"
