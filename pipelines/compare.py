@@ -56,6 +56,7 @@ from .report import (  # noqa: F401  (3. results: pipelines/report.py; some name
     README_END,
     README_START,
     ZERO_SHOT,
+    check_readme,
     collect,
     forwards_to_reach,
     machine_line,
@@ -105,6 +106,8 @@ class CompareConfig(StrictModel):
     experiment: str = "zo-compare"
     out: str = "compare"
     update_readme: str | None = Field(None, description="README whose Results section is replaced")
+    readme_block: str = Field("results", pattern=r"^[a-z0-9-]+$",
+                              description="name of the README block replaced: <!-- NAME:start --> ... <!-- NAME:end -->")
     report_only: bool = Field(False, description="report the finished runs, run nothing")
 
     @field_validator("methods", "tasks")
@@ -262,8 +265,8 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
     from .sweep import parse_resources
 
     resources = parse_resources(cfg.resources)
-    if cfg.update_readme and not Path(cfg.update_readme).is_file():
-        raise ConfigError(f"--update-readme: {cfg.update_readme} does not exist")
+    if cfg.update_readme:
+        check_readme(Path(cfg.update_readme), cfg.readme_block)
     if cfg.model in PACKAGED and not cfg.report_only:
         prepare_packaged(cfg.model)
     uri = resolve_tracking_uri(cfg.tracking_uri)
@@ -274,7 +277,7 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
     reopened = saved.get("parent_run_id") if saved.get("tracking_uri") == uri else None
     parent = MlflowTracker(tracking_uri=uri, experiment=cfg.experiment, run_name=name, run_id=reopened,
                            system_metrics=False)  # another store, or one without it: a new parent run
-    persisted = cfg.model_dump(exclude={"update_readme", "report_only"})
+    persisted = cfg.model_dump(exclude={"update_readme", "readme_block", "report_only"})
     parent.start({**persisted, "runs": len(specs)},
                  tags={"zo.kind": "compare", "model": cfg.model, "methods": ",".join(cfg.methods),
                        "tasks": ",".join(cfg.tasks), "backend": cfg.backend, "out": str(out)})
@@ -318,7 +321,7 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
         parent.set_tags({f"paired.{a['label']}.{a['task']}.verdict": a["paired"]["verdict"] for a in agg
                          if a.get("paired") and a["paired"]["verdict"]})
         if cfg.update_readme:
-            update_readme(Path(cfg.update_readme), md, recipe)
+            update_readme(Path(cfg.update_readme), md, recipe, cfg.readme_block)
         kids = [r["mlflow_run_id"] for r in runs if r.get("mlflow_run_id")]
         if links and kids:  # the child runs side by side (params and metrics in one table)
             links["children"] = compare_runs_link(uri, parent.experiment_id, kids)

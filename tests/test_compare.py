@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipelines.cli import main as cli
+from zoplatform.errors import ConfigError
 from pipelines.compare import (
     README_END,
     README_START,
@@ -76,6 +77,18 @@ def test_update_readme_replaces_only_the_generated_block(tmp_path):
     assert "old" not in text and "| a | b |" in text and "zo compare --x" in text
 
 
+def test_update_readme_named_block_leaves_the_results_block(tmp_path):
+    p = tmp_path / "README.md"
+    p.write_text(f"{README_START}\nres\n{README_END}\n<!-- evidence:start -->\nold\n<!-- evidence:end -->\nz\n")
+    update_readme(p, "new body\n", "zo compare --y", block="evidence")
+    text = p.read_text()
+    assert text.startswith(f"{README_START}\nres\n{README_END}\n<!-- evidence:start -->\n") and text.endswith(
+        "<!-- evidence:end -->\nz\n")
+    assert "old" not in text and "new body" in text and "zo compare --y" in text
+    with pytest.raises(ConfigError, match="no <!-- other:start -->"):
+        update_readme(p, "x", "r", block="other")
+
+
 @pytest.mark.parametrize("args,msg", [
     (["--methods", "mezo,adamzo", "--tasks", "sst2"], "unknown method label 'adamzo'"),
     (["--methods", "mezo", "--tasks", "sst2,sst9"], "unknown task 'sst9'"),
@@ -92,6 +105,11 @@ def test_update_readme_replaces_only_the_generated_block(tmp_path):
      "profile"),
     (["--methods", "mezo,zf", "--tasks", "sst2", "--configs", "CFG:zf: {method: zo-finetuner, policy: /no/such/dir}"],
      "policy '/no/such/dir' is neither an existing path"),
+    (["--methods", "mezo", "--tasks", "sst2", "--update-readme", "CFG:# a README without the block"],
+     "has no <!-- results:start --> ... <!-- results:end --> block"),
+    (["--methods", "mezo", "--tasks", "sst2", "--update-readme", "CFG:<!-- results:start -->\n<!-- results:end -->",
+      "--readme-block", "evidence"], "has no <!-- evidence:start -->"),
+    (["--methods", "mezo", "--tasks", "sst2", "--readme-block", "My Block"], "readme_block"),
 ])
 def test_bad_input_is_one_line_before_any_run(args, msg, tmp_path, uri):
     args = list(args)
