@@ -106,8 +106,8 @@ class CompareConfig(StrictModel):
     experiment: str = "zo-compare"
     out: str = "compare"
     update_readme: str | None = Field(None, description="README whose Results section is replaced")
-    readme_block: str = Field("results", pattern=r"^[a-z0-9-]+$",
-                              description="name of the README block replaced: <!-- NAME:start --> ... <!-- NAME:end -->")
+    readme_block: str = Field("results", pattern=r"^[a-z0-9-]+$", description="name of the README block "
+                              "replaced: <!-- NAME:start --> ... <!-- NAME:end -->")
     report_only: bool = Field(False, description="report the finished runs, run nothing")
 
     @field_validator("methods", "tasks")
@@ -308,7 +308,7 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
         else:
             execute_local(todo, parent.run_id, uri, _threads_of(resources), progress)
         runs, agg = collect(cfg, specs)
-        md = markdown(cfg, agg, machine_line(cfg.device), reference_not_above_start(runs, cfg.reference), runs)
+        md = markdown(cfg, agg, machine_line(cfg.device, runs), reference_not_above_start(runs, cfg.reference), runs)
         (out / "results.md").write_text(md)
         files = [out / "results.md", write_csv(agg, out / "results.csv")]
         (out / "results.json").write_text(json.dumps({"aggregate": agg, "runs": runs}, indent=1, default=str))

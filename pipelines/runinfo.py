@@ -3,6 +3,8 @@ summary metrics, the method's end-of-run artifacts and ``curves.png`` (split out
 from __future__ import annotations
 
 import math
+import os
+import platform
 from pathlib import Path
 
 import torch
@@ -48,6 +50,25 @@ def run_params(cfg: FinetuneConfig, method, num_train: int, num_dev: int, precis
         if cfg.policy is not None and "policy" in hyper:
             hyper["policy_path"] = hyper.pop("policy")
     return opts | {k: v for k, v in hyper.items() if v is not None}
+
+
+def hardware(device: str) -> str:
+    """What a run's wall time depends on, recorded in its summary: the GPU's name, or the CPU's model with its
+    core count and whether it has AMX (Intel's matrix units: bf16 matmuls several times faster), e.g.
+    ``CPU AMD EPYC (2 cores)``. Reports group runs by it: wall times compare only within one."""
+    if device.startswith("cuda"):
+        return f"GPU {torch.cuda.get_device_name(torch.device(device))}"
+    info: dict[str, str] = {}
+    try:  # Linux: the first core's model name and flags
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            info.setdefault(key.strip(), val.strip())
+    except OSError:
+        pass
+    model = info.get("model name") or platform.processor() or platform.machine()
+    flags = info.get("flags", "")
+    amx = ", AMX" if "amx_bf16" in flags.split() else ""
+    return f"CPU {model} ({os.cpu_count()} cores{amx})"
 
 
 SUMMARY_METRICS = ("test_accuracy", "test_loss", "best_dev_accuracy", "best_step", "wall_time_s", "train_time_s",

@@ -18,6 +18,7 @@ from pipelines.compare import (
     README_START,
     forwards_to_reach,
     load_compare_config,
+    machine_line,
     markdown,
     reference_not_above_start,
     update_readme,
@@ -66,6 +67,17 @@ def test_report_says_where_the_reference_never_beat_its_step_0_dev_accuracy(tmp_
     assert "orders nothing" not in markdown(cfg, agg, "CPU")
     last = markdown(cfg, agg, "CPU", ["cb"]).strip().splitlines()[-1]
     assert last.startswith("On cb, `mezo` ended no higher than its step-0 dev accuracy")
+
+
+def test_the_header_names_the_hardware_the_runs_recorded():
+    amd, xeon = "CPU AMD EPYC (2 cores)", "CPU Intel Xeon (2 cores, AMX)"
+    runs = [{"status": "done", "hardware": amd}, {"status": "done", "hardware": amd}, {"status": "failed",
+            "hardware": xeon}]
+    assert machine_line("cpu", runs) == f"runs on {amd}"  # a failed run's hardware is not counted
+    runs += [{"status": "done", "hardware": xeon}, {"status": "done"}]
+    assert machine_line("cpu", runs) == (f"runs on {amd} (2 runs), {xeon} (1 runs), hardware not recorded (1 runs): "
+                                         "wall times compare only within one")
+    assert machine_line("cpu", [{"status": "done"}]).startswith("CPU (")  # old runs: this machine's line
 
 
 def test_update_readme_replaces_only_the_generated_block(tmp_path):

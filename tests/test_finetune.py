@@ -1,6 +1,7 @@
 """End-to-end recipe tests on tiny fixtures: MLflow contents, exact resume,
 trajectory replay on a language model, bad input at the CLI."""
 import json
+import os
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ def test_finetune_logs_a_complete_mlflow_run(tmp_path, monkeypatch):
     s = run(cfg)
     assert s["forward_passes"] == 24 and s["steps"] == 12
     assert 0.0 <= s["test_accuracy"] <= 1.0 and "zero_shot_test_accuracy" in s
+    assert s["hardware"].startswith("CPU ") and f"({os.cpu_count()} cores" in s["hardware"]  # reports group by it
     r = client(uri).get_run(s["mlflow_run_id"])
     assert r.info.status == "FINISHED"
     assert len(client(uri).get_metric_history(r.info.run_id, "train_loss")) == 12
