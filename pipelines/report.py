@@ -431,9 +431,12 @@ def machine_line(device: str, runs: Sequence[dict] = ()) -> str:
 
     hw = Counter(r.get("hardware") for r in runs if r.get("status") == "done")
     if any(hw):
-        parts = [f"{h} ({hw[h]} runs)" for h in sorted(h for h in hw if h)]
+        def runs_of(h):
+            return f"{hw[h]} run{'s' if hw[h] > 1 else ''}"
+
+        parts = [f"{h} ({runs_of(h)})" for h in sorted(h for h in hw if h)]
         if hw[None]:
-            parts.append(f"hardware not recorded ({hw[None]} runs)")
+            parts.append(f"hardware not recorded ({runs_of(None)})")
         if len(parts) == 1:
             return f"runs on {next(h for h in hw if h)}"
         return f"runs on {', '.join(parts)}: wall times compare only within one"

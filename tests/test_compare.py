@@ -75,7 +75,7 @@ def test_the_header_names_the_hardware_the_runs_recorded():
             "hardware": xeon}]
     assert machine_line("cpu", runs) == f"runs on {amd}"  # a failed run's hardware is not counted
     runs += [{"status": "done", "hardware": xeon}, {"status": "done"}]
-    assert machine_line("cpu", runs) == (f"runs on {amd} (2 runs), {xeon} (1 runs), hardware not recorded (1 runs): "
+    assert machine_line("cpu", runs) == (f"runs on {amd} (2 runs), {xeon} (1 run), hardware not recorded (1 run): "
                                          "wall times compare only within one")
     assert machine_line("cpu", [{"status": "done"}]).startswith("CPU (")  # old runs: this machine's line
 
