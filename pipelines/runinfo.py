@@ -58,6 +58,8 @@ def hardware(device: str) -> str:
     ``CPU AMD EPYC (2 cores)``. Reports group runs by it: wall times compare only within one."""
     if device.startswith("cuda"):
         return f"GPU {torch.cuda.get_device_name(torch.device(device))}"
+    if not device.startswith("cpu"):  # another accelerator: its device name is all that is known here
+        return device
     info: dict[str, str] = {}
     try:  # Linux: the first core's model name and flags
         for line in Path("/proc/cpuinfo").read_text().splitlines():
