@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild the evidence reports from the finished runs (runs nothing; seconds): the matrix against MeZO
 # (benchmarks/results/evidence-bf16-smollm2-cpu/results.md, also written into the README's evidence block) and
-# issue 17's ablation against the random-init policy (ablation-vs-random-bf16-smollm2-cpu/, whose runs/ links to the same runs).
+# issue 17's ablation against the random-init policy (ablation-vs-random-bf16-smollm2-cpu/, whose runs/ links to the
+# same runs).
 # Run it from the checkout the runs were made in (their configs hold its absolute policy paths).
 #   RESULTS=benchmarks/results bash benchmarks/evidence_report.sh
 cd "$(dirname "$0")/.."
