@@ -397,12 +397,12 @@ def write_csv(agg: list[dict], path: Path) -> Path:
 
 from .report_plots import memory_measure, plots  # noqa: E402,F401  (re-exported)
 
-README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
-
-
 def readme_markers(block: str = "results") -> tuple[str, str]:
     """The comment lines around a README's generated block named ``block``."""
     return f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+
+
+README_START, README_END = readme_markers()  # the Results block's
 
 
 def check_readme(path: Path, block: str = "results") -> None:
