@@ -2,9 +2,9 @@
 # Sixth pass (issue 16): the matrix's remaining rows at 5 paired seeds on the three learnable tasks, in the evidence
 # protocol (benchmarks/evidence_env.sh; bf16-mixed, Rademacher for ZO): S-MeZO, CurvZO (default and the port
 # profile), LOREN and the first-order baseline, each paired with the MeZO runs already on disk (reused, not re-run).
-# Left after 2026-12-06 04:35: LOREN seed 4 on MR and CR (2 runs, ~36 min each two at a time on the AMD EPYC host
-# without AMX; ~20 s a step), both started and checkpointed.  Resumable: rerun it (finished runs are reused, an
-# interrupted fo run starts again, the ZO runs continue from their checkpoints).
+# Finished 2026-12-06 05:37 (the last runs, LOREN seed 4 on MR and CR, resumed from their checkpoints on the AMD EPYC
+# host without AMX, ~20 s a step).  Rerunning it reuses every finished run (seconds a step); after an interruption an
+# fo run starts again and the ZO runs continue from their checkpoints.
 #   RESULTS=benchmarks/results setsid nohup bash benchmarks/evidence_round6_queue.sh > evidence.log 2>&1 &
 cd "$(dirname "$0")/.."
 source benchmarks/evidence_env.sh
