@@ -21,7 +21,9 @@ sampled from the train split; never a test set) at the base weights; after
 every epoch the policy's σ at the base weights is scored by the gain over
 σ ≡ 1 of the expected one-step ZO descent at the fine-tune lr
 (:class:`meta.descent.MetaValidation`), with the policy's movement
-‖ω−ω₀‖/‖ω₀‖.  ``select="best"`` keeps the epoch with the highest gain.
+‖ω−ω₀‖/‖ω₀‖.  ``select="best"`` keeps the epoch with the highest gain if it
+beats the initial policy's (epoch 0), else the initial policy: never a policy
+meta-validation scored below its start (``MetaResult.selection`` says which).
 
 Algorithm of the ``paper`` profile (per batch B of the FO trajectory θ_t)::
 
@@ -92,7 +94,8 @@ class MetaTrainConfig(StrictModel):
     steps_per_epoch: int | None = Field(None, ge=1, description="None: ceil(total train examples / batch_size)")
     num_train: int = Field(1000, ge=1, description="train examples per task (capped by the task's train split)")
     num_dev: int = Field(50, ge=0, description="dev examples per task (mean dev loss of θ logged per epoch; 0: off)")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=65536, description="meta-batch (also at most every task's train "
+                                                             "examples: pipelines/meta_train.py checks)")
     lr_mlp: float = Field(0.1, gt=0, description="SGD learning rate of the policy ω")
     eta_u: float = Field(1e-6, gt=0, description="η_u: the virtual ZO step size inside the meta-loss")
     lr_llm: float = Field(0.01, gt=0, description="FO SGD learning rate of the trajectory θ (linear decay per "
@@ -109,7 +112,8 @@ class MetaTrainConfig(StrictModel):
     profile: Literal["paper", "descent"] = Field(
         "descent", description="paper: the paper's η_u lookahead (does not learn, §5.4); descent: a per-block "
                                "scale fitted to the closed-form expected ZO descent (meta/descent.py)")
-    select: Literal["best", "last"] = Field("best", description="keep the epoch with the best meta-val gain, "
+    select: Literal["best", "last"] = Field("best", description="keep the epoch with the best meta-val gain "
+                                                                "(the initial policy if no epoch beats it), "
                                                                 "or the last epoch")
     # -- the descent profile's knobs (and the meta-val metric's deployment assumptions, both profiles) --
     finetune_lr: float = Field(1e-5, gt=0, description="η of the deployment the expected descent is computed at "
@@ -262,6 +266,8 @@ class MetaResult:
     initial_weights: dict[str, torch.Tensor] = field(default_factory=dict)
     # per block type: geometric mean of c·σ at the initialisation and learned (meta.report.sigma_by_type)
     sigma_by_type: dict[str, dict[str, float]] = field(default_factory=dict)
+    # which epoch was kept and why, in words ("" without meta-validation); epoch 0 = the initial policy kept
+    selection: str = ""
 
 
 def batch_schedule(sizes: Sequence[int], batch_size: int, seed: int, mixture: str):
@@ -365,8 +371,10 @@ def meta_train(model, scorer, train_sets: Mapping[str, Sequence[Example]], cfg: 
     fo_opt = None
     k = 0
     step = 0
-    validate(0)
-    best: tuple[float, int, dict] | None = None
+    row0 = validate(0)
+    # select="best" starts from the initial policy: an epoch is kept only if it beats it (never a worse policy)
+    best: tuple[float, int, dict] | None = None if row0 is None else (
+        row0["gain_over_uniform"], 0, {k_: v.detach().clone() for k_, v in policy.state_dict().items()})
     bar = tqdm(total=cfg.epochs * steps_per_epoch, disable=not progress, desc=f"meta ({cfg.profile})",
                dynamic_ncols=True)
     for epoch in range(cfg.epochs):
@@ -425,8 +433,10 @@ def meta_train(model, scorer, train_sets: Mapping[str, Sequence[Example]], cfg: 
     if cfg.select == "best" and best is not None:
         policy.load_state_dict(best[2])
         result.best_epoch = best[1]
+        result.selection = selection_note(result.meta_val, best[1])
     elif result.meta_val:
         result.best_epoch = cfg.epochs
+        result.selection = f"last epoch ({cfg.epochs}) kept (select=last)"
     result.steps, result.wall_s = step, time.perf_counter() - t0
     result.policy_change = relative_change(policy.weights(), omega0)
     from meta.report import effective_scales, initial_policy, sigma_by_type, write_policy_report
@@ -440,6 +450,19 @@ def meta_train(model, scorer, train_sets: Mapping[str, Sequence[Example]], cfg: 
         result.artifacts = write_policy_report(policy, blocks, base, counts, omega0, Path(out_dir),
                                                metaval=metaval, val_loss=val_loss, title=base_model)
     return result
+
+
+def selection_note(meta_val: Sequence[Mapping[str, Any]], kept: int) -> str:
+    """In words, which epoch ``select="best"`` kept: the best epoch that beat the initial policy's
+    meta-val gain, or the initial policy (epoch 0) when none did."""
+    g0 = meta_val[0]["gain_over_uniform"]
+    if kept == 0:
+        later = [r for r in meta_val[1:] if not math.isnan(r["gain_over_uniform"])]
+        top = max(later, key=lambda r: r["gain_over_uniform"], default=None)
+        best = f" (best epoch {top['epoch']}: {top['gain_over_uniform']:+.3g})" if top else ""
+        return f"initial policy kept: no epoch's meta-val gain beat the initial policy's {g0:+.3g}{best}"
+    g = next(r["gain_over_uniform"] for r in meta_val if r["epoch"] == kept)
+    return f"epoch {kept} kept: best meta-val gain {g:+.3g}, above the initial policy's {g0:+.3g}"
 
 
 def base_blocks(blocks: Sequence[Block], base: Sequence[torch.Tensor]) -> list[Block]:

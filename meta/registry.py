@@ -61,10 +61,35 @@ def _num(v) -> float | None:
         return None
 
 
-def policy_verdict(rel_change, meta_val_gain=None) -> str:
+def measurable_tasks(measurable) -> dict[str, bool] | None:
+    """``{task: measurable}`` from a mapping or its card spelling ``"copa=no,trec=yes"`` (None: unknown)."""
+    if measurable is None or measurable == "":
+        return None
+    if isinstance(measurable, Mapping):
+        return {str(k): bool(v) for k, v in measurable.items()}
+    out = {}
+    for item in str(measurable).split(","):
+        task, _, v = item.strip().partition("=")
+        if task:
+            out[task] = v.strip().lower() in ("yes", "true", "1")
+    return out or None
+
+
+def measurable_text(measurable: Mapping[str, bool]) -> str:
+    """The card spelling of per-task measurability: ``"copa=no,trec=yes"``."""
+    return ",".join(f"{t}={'yes' if v else 'no'}" for t, v in measurable.items())
+
+
+def policy_verdict(rel_change, meta_val_gain=None, measurable=None, selection=None) -> str:
     """A plain-words quality signal: ``untrained: ω moved 4.5e-07 relative`` below :data:`UNTRAINED_BELOW`,
-    else ``trained: ω moved 0.31 relative``, then what meta-validation said."""
+    else ``trained: ω moved 0.31 relative``, then what meta-validation said.
+
+    ``measurable`` (``{task: bool}`` or ``"copa=no,trec=yes"``): whether each meta task's held-out signal was
+    measurable; when none was, the gain is noise and the verdict says "not measurable" instead of better or
+    worse.  ``selection``: which epoch was kept (:func:`meta.metatrain.selection_note`); said when it was the
+    initial policy."""
     rel, gain = _num(rel_change), _num(meta_val_gain)
+    meas = measurable_tasks(measurable)
     if rel is None:
         moved = "movement unknown"
     elif rel < UNTRAINED_BELOW:
@@ -73,10 +98,19 @@ def policy_verdict(rel_change, meta_val_gain=None) -> str:
         moved = f"trained: ω moved {rel:.2g} relative"
     if gain is None:
         val = "no meta-validation"
-    elif gain > 0:
-        val = f"meta-val gain {gain:+.3g} over σ = 1 (better than uniform on held-out batches)"
+    elif meas is not None and not any(meas.values()):
+        val = (f"meta-val not measurable: no meta task's held-out signal is measurable ({', '.join(meas)}), so "
+               f"its gain {gain:+.3g} over σ = 1 says nothing either way")
     else:
-        val = f"meta-val gain {gain:+.3g} over σ = 1 (no better than uniform on held-out batches)"
+        only = ""
+        if meas is not None and not all(meas.values()):
+            only = f", measured on {', '.join(t for t, v in meas.items() if v)} only"
+        if gain > 0:
+            val = f"meta-val gain {gain:+.3g} over σ = 1 (better than uniform on held-out batches{only})"
+        else:
+            val = f"meta-val gain {gain:+.3g} over σ = 1 (no better than uniform on held-out batches{only})"
+    if selection and str(selection).startswith("initial policy kept"):
+        val += f"; {selection}"
     return f"{moved}; {val}"
 
 
@@ -94,7 +128,8 @@ def policy_card(model_id: str, tasks: Sequence[str], card: Mapping[str, Any] | N
     models:/…`` usage line. The description is markdown (the registry page renders it)."""
     card = dict(card or {})
     usage = usage_line(model_id)
-    verdict = policy_verdict(card.get("policy_rel_change"), card.get("meta_val_gain"))
+    verdict = policy_verdict(card.get("policy_rel_change"), card.get("meta_val_gain"),
+                             card.get("meta_val_measurable"), card.get("meta_val_selection"))
     tags = {k: str(v) for k, v in card.items()}
     tags.update(usage=usage, verdict=verdict)
     seed = f" (data seed {data_seed})" if data_seed is not None else ""
@@ -107,6 +142,9 @@ def policy_card(model_id: str, tasks: Sequence[str], card: Mapping[str, Any] | N
              f"- movement ‖ω − ω₀‖ / ‖ω₀‖ = {card.get('policy_rel_change', '?')}; meta-val gain over σ = 1: "
              f"{card.get('meta_val_gain', '?')} ({card.get('meta_val_metric', 'no meta-validation')}, "
              f"epoch {card.get('meta_val_epoch', '?')})",
+             *([f"- held-out signal measurable: {card['meta_val_measurable']}"]
+               if card.get("meta_val_measurable") else []),
+             *([f"- selection: {card['meta_val_selection']}"] if card.get("meta_val_selection") else []),
              "",
              "Use it:",
              "",

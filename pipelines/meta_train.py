@@ -12,7 +12,10 @@ closed-form expected ZO descent, ``meta/descent.py``) or ``paper`` (the paper's
 meta-step, which does not move the policy: docs/algorithms.md §5.4).  The
 summary's ``policy_rel_change`` is ‖ω−ω₀‖/‖ω₀‖ and ``meta_val`` the kept
 epoch's ``gain_over_uniform`` on held-out batches of the meta-training tasks
-with its ``metric``; the registered version carries these as its card.
+with its ``metric``, ``measurable`` (per task: was its held-out signal above
+noise? where none was, the verdict says "not measurable") and ``selection``
+(``--select best`` keeps the initial policy when no epoch beats it); the
+registered version carries these as its card.
 
 Use the policy with ``zo finetune --method zo-finetuner --option policy=<dir>``
 (or a ``models:/zo-policy-<model>@champion`` URI resolved with
@@ -89,7 +92,18 @@ def check_inputs(cfg: MetaTrainRunConfig):
         if len(s.train) < 1:
             raise ConfigError(f"meta-train: task {t.name} has no training examples left")
         splits[t.name] = s
+    smallest = min(splits, key=lambda t: len(splits[t].train))
+    n = len(splits[smallest].train)
+    if cfg.batch_size > n:  # a batch of repeated examples, then an out-of-memory kill: refuse it here
+        raise ConfigError(f"meta-train: batch_size={cfg.batch_size} exceeds the {n} train examples of "
+                          f"{smallest}; allowed: {2 if cfg.profile == 'descent' else 1}..{n}")
     return splits
+
+
+def default_run_name(cfg: MetaTrainRunConfig) -> str:
+    """The MLflow run's name unless ``--run-name`` is given: what it meta-trains, as ``zo sweep`` and
+    ``zo compare`` name theirs (``meta-train descent on sst2,copa (smollm2-135m)``), not the out dir's name."""
+    return f"meta-train {cfg.profile} on {','.join(cfg.tasks)} ({cfg.model})"
 
 
 def _default_out_dir(cfg: MetaTrainRunConfig) -> Path:
@@ -140,7 +154,7 @@ def plot_meta_curves(history: dict, path: Path, title: str, meta_val: list | Non
 def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
     """Execute the recipe; returns the JSON summary."""
     from meta.metatrain import meta_train
-    from meta.registry import policy_verdict
+    from meta.registry import measurable_text, policy_verdict
     from meta.registry import register_policy as register_in_mlflow
     from zoplatform.loop import peak_memory_mb, reset_peak_memory
     from zoplatform.models import load_model
@@ -156,7 +170,7 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
     # 2. tracking ------------------------------------------------------------
     if tracker is None:
         tracker = NullTracker() if not cfg.tracking else mlflow_tracker(
-            tracking_uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.run_name or out_dir.name)
+            tracking_uri=cfg.tracking_uri, experiment=cfg.experiment, run_name=cfg.run_name or default_run_name(cfg))
     params = cfg.model_dump(exclude={"progress", "tracking"})
     params["num_train_per_task"] = {t: len(s.train) for t, s in splits.items()}
     tracker.start(params, tags={"model": cfg.model, "tasks": ",".join(cfg.tasks), "zo.kind": "meta-train",
@@ -179,6 +193,8 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
                 "policy_rel_change": res.policy_change, "meta_val_epoch": res.best_epoch,
                 "meta_val_gain": next((r["gain_over_uniform"] for r in res.meta_val if r["epoch"] == res.best_epoch),
                                       None),
+                "meta_val_measurable": res.meta_val[0].get("measurable") if res.meta_val else None,
+                "meta_val_selection": res.selection or None,
                 "config": algo.model_dump(), "mlflow_run_id": tracker.run_id}
         policy_dir = res.policy.save(out_dir / "policy", meta=meta)
         h = res.history
@@ -186,6 +202,9 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
         meta_val = {"gain_over_uniform": kept["gain_over_uniform"] if kept else None,
                     "metric": res.meta_val_metric if kept else "none (num_dev = 0: no held-out batches)",
                     "per_task": kept["per_task"] if kept else {}, "epoch": res.best_epoch,
+                    # per task: was its held-out signal measurable? (none: the gain is noise, not evidence)
+                    "measurable": kept.get("measurable") if kept else None,
+                    "selection": res.selection or None,
                     "initial_gain_over_uniform": res.meta_val[0]["gain_over_uniform"] if res.meta_val else None,
                     "history": res.meta_val}
         summary: dict[str, Any] = {
@@ -221,6 +240,10 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
                     "policy_rel_change": f"{res.policy_change:.4g}",
                     "meta_val_gain": "none" if not kept else f"{meta_val['gain_over_uniform']:.4g}",
                     "meta_val_metric": meta_val["metric"], "meta_val_epoch": res.best_epoch}
+            if meta_val["measurable"] is not None:
+                card["meta_val_measurable"] = measurable_text(meta_val["measurable"])
+            if meta_val["selection"]:
+                card["meta_val_selection"] = meta_val["selection"]
             reg = register_in_mlflow(policy_dir, cfg.model, cfg.tasks, cfg.seed, cfg.tracking_uri,
                                   run_id=tracker.run_id, experiment=cfg.experiment, card=card)
             summary["registered"] = reg
@@ -229,7 +252,8 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
         else:
             for f in sorted(policy_dir.iterdir()):
                 tracker.log_artifact(f, "policy")
-        summary["verdict"] = policy_verdict(res.policy_change, meta_val["gain_over_uniform"])
+        summary["verdict"] = policy_verdict(res.policy_change, meta_val["gain_over_uniform"],
+                                            meta_val["measurable"], meta_val["selection"])
         set_note(tracker, f"ZO Fine-tuner policy for {cfg.model}, meta-trained ({cfg.profile}, {res.steps} meta-steps) "
                           f"on {','.join(cfg.tasks)}: {summary['verdict']}"
                           + (f". Registered as `{summary['registered']['version_uri']}` (`{reg['uri']}`)."
