@@ -1,7 +1,9 @@
 """Recipe: zero-shot evaluation, or evaluation of a ZO checkpoint.
 
-A ZO checkpoint is a trajectory: the base model is loaded and the recorded
-steps are replayed on it (no forward passes; the same parallel engine and
+A ZO checkpoint is a trajectory: the base model is loaded as the run started
+(the run's seed; its LoRA adapter when it recorded one), checked against the
+trajectory's layout and initial-values digest, and the recorded steps are
+replayed on it (no forward passes; the same parallel engine and
 precision mode as training, with a progress bar) before evaluating.
 """
 from __future__ import annotations
@@ -26,11 +28,11 @@ def run_eval(*, model: str, task: str, trajectory: str | None = None, split: str
     import zoplatform
     from zoplatform.data import get_task, resolve_data_dir, sample_splits
     from zoplatform.loop import evaluate
-    from zoplatform.models import check_spec, default_protocol, load_model
+    from zoplatform.models import LORA_DEFAULTS, check_spec, default_protocol, load_model
     from zoplatform.objectives import make_scorer
     from zoplatform.params import set_threads
     from zoplatform.precision import DTYPE_NAMES, cast_model_, check_precision, load_dtype, with_masters
-    from zoplatform.trajectory import Trajectory, layout_digest
+    from zoplatform.trajectory import Trajectory, check_applies
 
     for name, value in (("batch_size", batch_size), ("num_test", num_test), ("num_train", num_train),
                         ("num_dev", num_dev), ("threads", threads)):
@@ -64,13 +66,20 @@ def run_eval(*, model: str, task: str, trajectory: str | None = None, split: str
     num_train, num_dev = split_sizes(task, data_dir, num_train, num_dev)
     splits = sample_splits(task, data_dir=data_dir, num_train=num_train, num_dev=num_dev, num_test=num_test, seed=seed)
     protocol = protocol or default_protocol(model)
+    # a trajectory applies to the weights its run started from: the run's seed (tiny weights, a fresh head) and
+    # its recorded LoRA adapter (config + seed); check_applies refuses anything else before a step is applied
+    spec = traj.info.get("lora") if traj else None
+    lora = {k: spec[k] for k in LORA_DEFAULTS if k in spec} if spec else None
+    if traj is None:
+        init_seed = seed
+    else:
+        init_seed = spec["seed"] if spec and spec.get("seed") is not None else traj.run_seed
     m, tok = load_model(model, dtype=load_dtype(precision), device=device, protocol=protocol,
-                        num_labels=t.num_labels, seed=seed)
+                        num_labels=t.num_labels, lora=lora, seed=init_seed)
     if traj is not None:
         blocks = with_masters(zoplatform.model_blocks(m), precision)
+        check_applies(traj, blocks)
         cast_model_(m, precision)
-        if traj.layout != layout_digest(blocks):
-            raise ConfigError(f"{trajectory} does not match the parameter layout of {model}")
         zoplatform.replay(method, blocks, records, progress=progress)
     else:
         cast_model_(m, precision)

@@ -241,7 +241,7 @@ def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval,
         reset_peak_memory,
         train,
     )
-    from zoplatform.models import default_protocol, load_model
+    from zoplatform.models import default_protocol, load_model, lora_spec
     from zoplatform.objectives import make_scorer
     from zoplatform.params import set_threads
     from zoplatform.precision import cast_model_, is_mixed, load_dtype
@@ -329,6 +329,7 @@ def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval,
         else:
             opt = zoplatform.ZOOptimizer(named, cfg.method, seed=cfg.seed, no_decay=zoplatform.no_decay_names(model),
                                          precision=precision, **method_hyper(cfg))
+            opt.trajectory.info["lora"] = lora_spec(model)  # what rebuilds the initial adapter (zo eval, replay)
             stepper = ZOStepper(opt, scorer)
         if method is not None or not is_mixed(precision):
             cast_model_(model, precision)  # fo in a mixed mode keeps fp32 weights under autocast

@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,8 +49,10 @@ __all__ = [
     "PACKAGED",
     "PROTOCOLS",
     "TINY",
+    "apply_lora",
     "build_tiny_tokenizer",
     "load_model",
+    "lora_spec",
     "model_cache_dir",
     "prepare_packaged",
 ]
@@ -201,10 +204,17 @@ TINY: dict[str, TinySpec] = {
 }
 
 
+# Weight init draws from torch's *global* CPU generator, which threads share (Optuna runs sweep
+# trials in threads): one lock serialises every seeded initialisation, so each gets exactly the
+# weights it gets alone.  Re-entrant: a seeded block may call another (a LoRA wrap of a seeded load).
+_SEED_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _seeded(seed: int):
-    """Seed the global CPU RNG for weight init without disturbing the caller's RNG."""
-    with torch.random.fork_rng(devices=[]):
+    """Seed the global CPU RNG for weight init without disturbing the caller's RNG; thread-safe
+    (held under a process-wide lock, so concurrent seeded inits never interleave their draws)."""
+    with _SEED_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
 
@@ -405,25 +415,73 @@ def _apply_lora(model, lora: dict, protocol: str, seed: int):
     For the head protocol peft's SEQ_CLS task also keeps the fresh classifier
     trainable (``modules_to_save``): a frozen random head could not learn.
     """
-    from peft import LoraConfig, TaskType, get_peft_model
-
     unknown = set(lora) - set(LORA_DEFAULTS)
     if unknown:
         raise ZOError(f"unknown LoRA option(s) {sorted(unknown)}; allowed: {', '.join(LORA_DEFAULTS)}")
     opts = {**LORA_DEFAULTS, **lora}
-    if not isinstance(opts["r"], int) or opts["r"] < 1:
+    return apply_lora(model, {**opts, "task_type": "CAUSAL_LM" if protocol == "prompt" else "SEQ_CLS", "seed": seed})
+
+
+LORA_SPEC_KEYS = ("r", "alpha", "dropout", "target_modules", "task_type", "seed")
+
+
+def apply_lora(model, spec: dict):
+    """Wrap ``model`` with the peft LoRA adapter ``spec`` describes and return the peft model; the
+    base weights are frozen, ``lora_A`` is drawn under ``spec["seed"]``.
+
+    ``spec`` is what :func:`lora_spec` returns (a trajectory of a LoRA run records it as
+    ``traj.info["lora"]``): ``r``, ``alpha``, ``dropout``, ``target_modules`` (None: peft's
+    per-architecture default), ``task_type`` (``CAUSAL_LM``/``SEQ_CLS``) and ``seed`` — with the
+    same base weights, the same initial adapter to the bit, so the run's trajectory replays on it.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    if not isinstance(spec, dict):
+        raise ZOError(f"a LoRA spec is a dict ({', '.join(LORA_SPEC_KEYS)}), got {type(spec).__name__}")
+    unknown = set(spec) - set(LORA_SPEC_KEYS)
+    if unknown:
+        raise ZOError(f"unknown LoRA spec key(s) {sorted(unknown)}; allowed: {', '.join(LORA_SPEC_KEYS)}")
+    opts = {**LORA_DEFAULTS, "task_type": "CAUSAL_LM", "seed": 0, **spec}
+    if isinstance(opts["r"], bool) or not isinstance(opts["r"], int) or opts["r"] < 1:
         raise ZOError(f"LoRA r must be a positive integer, got {opts['r']!r}")
-    config = LoraConfig(
-        r=opts["r"], lora_alpha=opts["alpha"], lora_dropout=float(opts["dropout"]),
-        target_modules=opts["target_modules"],
-        task_type=TaskType.CAUSAL_LM if protocol == "prompt" else TaskType.SEQ_CLS,
-    )
+    seed = opts["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ZOError(f"LoRA seed must be an integer, got {seed!r} (an adapter wrapped outside zoplatform "
+                      "records none: its lora_A init cannot be rebuilt)")
+    task_type = opts["task_type"]
+    if task_type is not None and task_type not in TaskType.__members__:
+        raise ZOError(f"LoRA task_type {task_type!r} is unknown; allowed: {', '.join(TaskType.__members__)}")
+    targets = opts["target_modules"]
+    config = LoraConfig(r=opts["r"], lora_alpha=opts["alpha"], lora_dropout=float(opts["dropout"]),
+                        target_modules=list(targets) if isinstance(targets, (list, tuple, set)) else targets,
+                        task_type=None if task_type is None else TaskType[task_type])
+    for p in model.parameters():
+        p.requires_grad_(False)
     try:
         with _seeded(seed):  # lora_A is initialised randomly
-            return get_peft_model(model, config)
+            wrapped = get_peft_model(model, config)
     except ValueError as e:
         raise ZOError(f"cannot apply LoRA to {model.config.model_type!r}: "
                       f"{str(e).splitlines()[0][:200]}; set lora.target_modules") from None
+    wrapped.zo_lora_seed = seed
+    return wrapped
+
+
+def lora_spec(model) -> dict | None:
+    """The :func:`apply_lora` spec that rebuilds a peft LoRA model's initial adapter (None for a model
+    without one); ``seed`` is None for an adapter not wrapped by zoplatform (its init is unknown)."""
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, dict) or not configs:
+        return None
+    c = configs.get("default") or next(iter(configs.values()))
+    if not hasattr(c, "lora_alpha"):
+        return None
+    targets = c.target_modules
+    task_type = getattr(c.task_type, "value", c.task_type)
+    seed = getattr(model, "zo_lora_seed", None)
+    return {"r": int(c.r), "alpha": c.lora_alpha, "dropout": float(c.lora_dropout),
+            "target_modules": sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
+            "task_type": None if task_type is None else str(task_type), "seed": seed}
 
 
 # --------------------------------------------------------------------------
@@ -529,8 +587,6 @@ def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu",
     if lora is not None:
         if not isinstance(lora, dict):
             raise ZOError(f"lora must be a dict of LoRA options or None, got {type(lora).__name__}")
-        for p in model.parameters():
-            p.requires_grad_(False)
         model = _apply_lora(model, lora, protocol, seed)
 
     model = model.to(torch_device)

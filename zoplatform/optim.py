@@ -10,7 +10,8 @@
 ``torch.no_grad``, nothing calls ``backward``) as often as the method needs and
 returns the first loss it measured.  The learning rate is read from
 ``param_groups[0]["lr"]`` each step, so torch LR schedulers work unchanged.
-``state_dict()`` holds the method state, the run seed and the step count;
+``state_dict()`` holds the method state, the run seed and the step count (and torch's
+``param_groups``);
 together with the model weights it resumes a run exactly.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .params import blocks_from_named, sync_
 from .precision import check_precision, is_mixed, with_masters
 from .registry import get_method
 from .rng import step_seed
-from .trajectory import Trajectory, layout_digest
+from .trajectory import Trajectory, check_applies, layout_digest, values_digest
 from .types import StepRecord
 
 
@@ -67,8 +68,12 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.steps = 0
         self.method_state = self.method.init(self.blocks)
         self.last_record: StepRecord | None = None
-        self.trajectory = Trajectory(method, self.method.config.model_dump(), self.seed,
-                                     layout_digest(self.blocks), {"precision": precision}) if record else None
+        # the header says what the records apply to: the layout, and a digest of the initial values (another
+        # seed, base checkpoint or LoRA init is refused on replay/resume instead of silently rewritten)
+        self.trajectory = Trajectory(method, self.method.config.model_dump(), self.seed, layout_digest(self.blocks),
+                                     {"precision": precision, "tensors": len(self.blocks),
+                                      "values": sum(b.param.numel() for b in self.blocks),
+                                      "init_sha256": values_digest(self.blocks)}) if record else None
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -84,14 +89,23 @@ class ZOOptimizer(torch.optim.Optimizer):
         return torch.tensor(rec.losses[0])
 
     def resume(self, records, *, progress: bool = False, on_step=None) -> None:
-        """Continue from a checkpoint: replay ``records`` (a trajectory's first steps) on the
-        current — base — weights, keep them as this optimizer's trajectory and step count, so the
-        next ``step`` is the one the interrupted run would have taken.  ``on_step(i, state)`` runs
-        before record ``i`` is applied (e.g. to copy the weights at the best step)."""
+        """Continue from a checkpoint: replay ``records`` (a trajectory's first steps, or a
+        :class:`~zoplatform.trajectory.Trajectory`, whose method, layout and initial values are
+        checked first) on the current — base — weights, keep them as this optimizer's trajectory
+        and step count, so the next ``step`` is the one the interrupted run would have taken.
+        ``on_step(i, state)`` runs before record ``i`` is applied (e.g. to copy the weights at the
+        best step)."""
+        from .errors import ConfigError
         from .trajectory import replay
 
         if self.steps:
             raise RuntimeError(f"resume() needs a fresh optimizer; this one has taken {self.steps} steps")
+        if isinstance(records, Trajectory):
+            if records.method != self.method.name:
+                raise ConfigError(f"{records.source or 'the trajectory'} was written by method {records.method!r}, "
+                                  f"not {self.method.name!r}")
+            check_applies(records, self.blocks)
+            records = records.records
         records = list(records)
         self.method_state = replay(self.method, self.blocks, records, self.method_state, progress=progress,
                                    on_step=on_step)
@@ -104,7 +118,12 @@ class ZOOptimizer(torch.optim.Optimizer):
         return None
 
     def state_dict(self) -> dict:  # type: ignore[override]
+        # torch's layout too: param_groups (hyperparameters, schedulers' initial_lr, params as indices)
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(range(len(g["params"])))}
+                  for g in self.param_groups]
         out = {
+            "state": {},
+            "param_groups": groups,
             "method": self.method.name,
             "config": self.method.config.model_dump(),
             "seed": self.seed,
@@ -124,6 +143,11 @@ class ZOOptimizer(torch.optim.Optimizer):
             raise ValueError(f"state is for precision {state.get('precision', 'fp32')!r}, not {self.precision!r}")
         self.seed = int(state["seed"])
         self.steps = int(state["steps"])
+        for group, saved in zip(self.param_groups, state.get("param_groups", ())):
+            if len(saved.get("params", ())) != len(group["params"]):
+                raise ValueError(f"state has {len(saved.get('params', ()))} parameters, this optimizer "
+                                 f"{len(group['params'])}")
+            group.update({k: v for k, v in saved.items() if k != "params"})
         self.param_groups[0]["lr"] = state["lr"]
         self.method_state = self.method.State.from_state_dict(state["method_state"])
         if "masters" in state:

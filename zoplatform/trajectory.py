@@ -30,6 +30,72 @@ def layout_digest(blocks: Sequence[Block]) -> str:
     return h.hexdigest()[:16]
 
 
+SAMPLED = 65536  # values per tensor in values_digest: the whole of an adapter, a strided sample of a big matrix
+
+
+def values_digest(blocks: Sequence[Block]) -> str:
+    """Digest of the values a trajectory starts from (the fp32 master where there is one): every
+    value of a tensor up to :data:`SAMPLED` values, an evenly strided sample of a larger one (cheap
+    on a 7B model, and a different seed or checkpoint changes every sampled value)."""
+    import torch
+
+    h = hashlib.sha256()
+    for b in blocks:
+        t = (b.param if b.master is None else b.master).detach().reshape(-1)
+        if t.numel() > SAMPLED:
+            t = t[:: -(-t.numel() // SAMPLED)]
+        h.update(f"{b.name};".encode())
+        h.update(t.contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _written_for(traj: Trajectory) -> str:
+    """What a trajectory was written for, in a few words (from its header)."""
+    info = traj.info or {}
+    parts = []
+    if "tensors" in info and "values" in info:
+        parts.append(f"{info['tensors']} tensors, {info['values']:,} values")
+    if info.get("model"):
+        parts.append(f"model {info['model']}")
+    lora = info.get("lora")
+    if lora:
+        parts.append(f"LoRA r={lora.get('r')} alpha={lora.get('alpha')} on {lora.get('target_modules')} "
+                     f"(seed {lora.get('seed')})")
+    elif "lora" in info:
+        parts.append("no LoRA")
+    return ", ".join(parts) or "no details recorded"
+
+
+def check_applies(traj: Trajectory | None, blocks: Sequence[Block], *, expect_layout: str | None = None) -> None:
+    """Refuse (one-line :class:`~zoplatform.errors.ConfigError`) parameters a trajectory was not
+    written for: another trainable layout (names, shapes, dtypes — e.g. a LoRA trajectory on the
+    base model), or the same layout with other initial values (another seed, base checkpoint or
+    LoRA init) when the trajectory records them (``info["init_sha256"]``)."""
+    from .errors import ConfigError
+
+    where = f"{traj.source}: " if traj is not None and traj.source else ""
+    want = traj.layout if traj is not None else expect_layout
+    if expect_layout is not None and traj is not None and expect_layout != traj.layout:
+        raise ConfigError(f"{where}trajectory layout {traj.layout} differs from expect_layout={expect_layout}")
+    got = layout_digest(blocks) if want is not None else None
+    if want is not None and got != want:
+        what = f" ({_written_for(traj)})" if traj is not None else ""
+        n = sum(b.param.numel() for b in blocks)
+        raise ConfigError(f"{where}the trajectory was written for trainable layout {want}{what}, these parameters "
+                          f"have layout {got} ({len(blocks)} tensors, {n:,} values): nothing was applied; replay it "
+                          "on the model it was trained from (for LoRA: zoplatform.models.apply_lora(base, "
+                          "traj.info['lora']))")
+    init = (traj.info or {}).get("init_sha256") if traj is not None else None
+    if init is not None:
+        have = values_digest(blocks)
+        if have != init:
+            lora = (traj.info or {}).get("lora")
+            how = (f"wrap the base with zoplatform.models.apply_lora(base, traj.info['lora']) (LoRA seed "
+                   f"{lora.get('seed')})" if lora else "load the model with the seed and weights the run started from")
+            raise ConfigError(f"{where}these parameters have the trajectory's layout but not its initial values "
+                              f"(digest {have}, the trajectory starts from {init}): nothing was applied; {how}")
+
+
 @dataclass
 class Trajectory:
     """Header (method, its config, run seed, layout digest, free-form info) and records."""
@@ -40,6 +106,7 @@ class Trajectory:
     layout: str
     info: dict = field(default_factory=dict)
     records: list[StepRecord] = field(default_factory=list)
+    source: str | None = field(default=None, compare=False, repr=False)  # the file it was loaded from
 
     def append(self, record: StepRecord) -> None:
         self.records.append(record)
@@ -76,7 +143,11 @@ class Trajectory:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"trajectory file {path} does not exist")
-        lines = path.read_text().splitlines()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not a zoplatform trajectory (not UTF-8 text: byte {e.start} is "
+                            f"{e.object[e.start:e.start + 1]!r}); expected a {FORMAT} JSON-lines file") from None
         try:
             head = json.loads(lines[0]) if lines else {}
         except json.JSONDecodeError:
@@ -100,18 +171,34 @@ class Trajectory:
                         on_torn(msg)
                     break
                 raise DataError(f"{path}: line {i} is not a trajectory record ({type(e).__name__}: {e})") from None
-        return cls(head["method"], head["config"], head["run_seed"], head["layout"], head.get("info", {}), recs)
+        return cls(head["method"], head["config"], head["run_seed"], head["layout"], head.get("info", {}), recs,
+                   source=str(path))
 
 
-def replay(method, blocks: Sequence[Block], records: Sequence[StepRecord], state=None,
-           progress: bool = False, on_step=None):
+def replay(method, blocks: Sequence[Block], records: Trajectory | Sequence[StepRecord], state=None,
+           progress: bool = False, on_step=None, *, expect_layout: str | None = None):
     """Apply ``records`` in order to ``blocks`` (in place); returns the method state.
 
-    Uses the same engine as training (directions on :func:`~zoplatform.params.get_threads`
-    threads), so replay costs about one direction pass per step.  ``progress`` shows a bar;
+    ``records`` is a :class:`Trajectory` (checked first: its method, trainable layout and — where
+    recorded — initial values must be those of ``method`` and ``blocks``, else a one-line
+    :class:`~zoplatform.errors.ConfigError` and nothing is applied) or a sequence of records
+    (checked against ``expect_layout`` when given).  Uses the same engine as training
+    (directions on :func:`~zoplatform.params.get_threads` threads), so replay costs about one
+    direction pass per step.  ``progress`` shows a bar;
     ``on_step(i, state)`` runs before record ``i`` is applied (e.g. to copy the best step)."""
     from tqdm.auto import tqdm
 
+    if isinstance(records, Trajectory):
+        traj = records
+        if traj.method != method.name:
+            from .errors import ConfigError
+
+            raise ConfigError(f"{traj.source or 'the trajectory'} was written by method {traj.method!r}, "
+                              f"not {method.name!r}: replay it with zoplatform.make(traj.method, **traj.config)")
+        check_applies(traj, blocks, expect_layout=expect_layout)
+        records = traj.records
+    elif expect_layout is not None:
+        check_applies(None, blocks, expect_layout=expect_layout)
     state = method.init(blocks) if state is None else state
     for i, r in enumerate(tqdm(records, desc="replay", unit="step", disable=not progress, dynamic_ncols=True)):
         if on_step is not None:

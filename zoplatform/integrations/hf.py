@@ -43,6 +43,14 @@ bit-exactly; ``optimizer.pt`` holds the ZO optimizer's state (step count,
 method state).  ``train(resume_from_checkpoint=...)`` continues exactly — the
 same step seeds, batches and learning rates as an uninterrupted run — and the
 trajectory continues from the checkpoint's.
+The trajectory's header holds a digest of the initial trainable values and, for a
+peft model, the adapter (``info["lora"]``, see :func:`zoplatform.models.lora_spec`;
+``zoplatform.models.apply_lora(base, traj.info["lora"])`` rebuilds the initial
+adapter): ``zoplatform.replay(method, blocks, traj)`` refuses other parameters.
+
+MLflow (``report_to=["mlflow"]``): the Trainer's MLflow run also gets the params
+``zo_method``, ``zo_seed``, ``zo_config.<option>`` (``optim`` is logged as
+``zoplatform:<method>``) and the trajectory as the artifact ``zo_trajectory.jsonl``.
 
 Not supported (refused with a one-line ``ConfigError``): gradient
 accumulation (a ZO step scores one whole batch: raise the batch size
@@ -59,7 +67,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer import OPTIMIZER_NAME
 
 from ..config import validate
@@ -99,6 +107,50 @@ class _TrainerZOOptimizer(ZOOptimizer):
                                "without a preceding training_step")
         self._pending = False
         return None
+
+
+class _ZOMLflowCallback(TrainerCallback):
+    """Runs just before the Trainer's ``MLflowCallback``: sets its run up with ``optim`` logged as
+    ``zoplatform:<method>`` (not the AdamW ``TrainingArguments.optim`` names, which never runs), logs
+    ``zo_method``, ``zo_seed`` and ``zo_config.<option>`` as params, and the trajectory as the
+    artifact ``zo_trajectory.jsonl`` at each save and at the end of training."""
+
+    def __init__(self, mlflow_cb, trainer: ZOTrainer):
+        self.cb, self.trainer, self._logged = mlflow_cb, trainer, False
+
+    def _setup(self, args, state, model) -> None:
+        if not self.cb._initialized:
+            view = copy.copy(args)
+            view.optim = f"zoplatform:{self.trainer.zo_method}"
+            self.cb.setup(view, state, model)
+        mlflow = self.cb._ml_flow
+        if not self._logged and state.is_world_process_zero and mlflow.active_run() is not None:
+            t = self.trainer
+            mlflow.log_params({"zo_method": t.zo_method, "zo_seed": t.zo_seed,
+                               **{f"zo_config.{k}": v for k, v in t.zo_config.items()}})
+            self._logged = True
+
+    def _log_trajectory(self, state) -> None:
+        import tempfile
+
+        traj = self.trainer.zo_trajectory
+        mlflow = self.cb._ml_flow
+        if traj is None or not self.cb._initialized or not state.is_world_process_zero or mlflow.active_run() is None:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(traj.save(Path(tmp) / TRAJECTORY_NAME)))
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._setup(args, state, model)
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        self._setup(args, state, model)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._log_trajectory(state)
+
+    def on_train_end(self, args, state, control, **kwargs):  # before MLflowCallback ends the run
+        self._log_trajectory(state)
 
 
 def _normalise(obj: Any) -> Any:
@@ -168,6 +220,12 @@ class ZOTrainer(Trainer):
         self._zo_opt: _TrainerZOOptimizer | None = None
         self._zo_forwards = 0
         self._zo_last_calls = 0
+        from transformers.integrations import MLflowCallback
+
+        callbacks = self.callback_handler.callbacks
+        for i, cb in reversed(list(enumerate(callbacks))):
+            if isinstance(cb, MLflowCallback):  # report_to=["mlflow"]: the run gets the ZO method and trajectory
+                callbacks.insert(i, _ZOMLflowCallback(cb, self))
 
     # ------------------------------------------------------------ accessors
     @property
@@ -191,10 +249,14 @@ class ZOTrainer(Trainer):
                 raise ConfigError("ZOTrainer: the model has no trainable parameters (requires_grad=True)")
             import transformers
 
+            from ..models import lora_spec
+
             self._zo_opt.trajectory.info.update({
                 "integration": "zoplatform.integrations.hf.ZOTrainer",
                 "transformers": transformers.__version__,
                 "model": str(getattr(getattr(opt_model, "config", None), "name_or_path", "") or ""),
+                # a peft model: what rebuilds its initial adapter (zoplatform.models.apply_lora)
+                "lora": lora_spec(opt_model),
             })
             self.optimizer = self._zo_opt
         return self.optimizer
@@ -273,6 +335,12 @@ class ZOTrainer(Trainer):
             raise DataError(f"checkpoint {ckpt} is inconsistent: {len(saved.records)} trajectory steps, "
                             f"optimizer step {opt.steps}, trainer step {self.state.global_step}")
         mine.records = list(saved.records)
+        # the weights now are the checkpoint's, not the initial ones: the trajectory keeps the run's start
+        for key in ("init_sha256", "lora"):
+            if key in saved.info:
+                mine.info[key] = saved.info[key]
+            else:
+                mine.info.pop(key, None)
         # every registered method records one loss per forward pass
         self._zo_forwards = sum(len(r.losses) for r in saved.records)
 
