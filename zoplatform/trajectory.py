@@ -81,10 +81,11 @@ def check_applies(traj: Trajectory | None, blocks: Sequence[Block], *, expect_la
     if want is not None and got != want:
         what = f" ({_written_for(traj)})" if traj is not None else ""
         n = sum(b.param.numel() for b in blocks)
+        lora = traj is not None and (traj.info or {}).get("lora")
+        hint = " wrapped with zoplatform.models.apply_lora(base, traj.info['lora'])" if lora else ""
         raise ConfigError(f"{where}the trajectory was written for trainable layout {want}{what}, these parameters "
                           f"have layout {got} ({len(blocks)} tensors, {n:,} values): nothing was applied; replay it "
-                          "on the model it was trained from (for LoRA: zoplatform.models.apply_lora(base, "
-                          "traj.info['lora']))")
+                          f"on the model it was trained from (same model, protocol, precision){hint}")
     init = (traj.info or {}).get("init_sha256") if traj is not None else None
     if init is not None:
         have = values_digest(blocks)
