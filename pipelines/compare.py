@@ -28,7 +28,10 @@ of a task gets the same budget; ``--task-budget cb=200`` gives a task its own
 first-order baseline gets as many steps as MeZO; its forward+backward steps are
 counted separately and its peak memory is reported next to the others.
 
-Each run lives in ``<out>/runs/<task>/<label>/seed<k>``; a run whose
+Each run lives in ``<out>/runs/<task>/<label>/seed<k>`` (so a label must be one
+safe path component: no ``/``, ``\\`` or ``..``); the driver holds ``<out>/.lock``
+for its life, so a second ``zo compare`` on the same ``--out`` is refused in one
+line instead of duplicating its runs under a second parent.  A run whose
 ``summary.json`` exists with the same configuration is reused, one with a
 checkpoint is resumed, so re-running an interrupted comparison loses nothing.
 Runs go one after another in fresh processes (``--backend local``; peak memory is
@@ -41,6 +44,7 @@ import json
 import math
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -115,6 +119,17 @@ class CompareConfig(StrictModel):
     def _unique(cls, v):
         if len(set(v)) != len(v):
             raise ValueError(f"duplicate entries in {v}")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _one_path_component(cls, v):
+        # a label names the folder <out>/runs/<task>/<label>: "../x", "a/b" or "/abs" would write outside --out
+        for label in v:
+            if (label in ("", ".", "..") or any(c in label for c in "/\\\0") or label != label.strip()
+                    or Path(label).is_absolute()):
+                raise ValueError(f"method label {label!r} is not a single safe path component (it names the "
+                                 f"folder <out>/runs/<task>/<label>): no '/', '\\', '..' or surrounding spaces")
         return v
 
     @model_validator(mode="after")
@@ -256,8 +271,7 @@ def _threads(resources: str) -> int:
 def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
     """Plan, run what is missing, report.  Returns the JSON summary."""
     from zoplatform.models import PACKAGED, prepare_packaged
-    from zoplatform.tracking import compare_runs_link, ending, print_links, set_note
-    from zoplatform.tracking.mlflow import MlflowTracker, resolve_tracking_uri
+    from zoplatform.tracking.mlflow import resolve_tracking_uri
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
@@ -267,9 +281,40 @@ def run(cfg: CompareConfig, recipe: str = "zo compare") -> dict[str, Any]:
     resources = parse_resources(cfg.resources)
     if cfg.update_readme:
         check_readme(Path(cfg.update_readme), cfg.readme_block)
-    if cfg.model in PACKAGED and not cfg.report_only:
-        prepare_packaged(cfg.model)
     uri = resolve_tracking_uri(cfg.tracking_uri)
+    with lock_out(out):  # for the driver's life: a second comparison on this --out is refused, not interleaved
+        if cfg.model in PACKAGED and not cfg.report_only:
+            prepare_packaged(cfg.model)
+        return _drive(cfg, recipe, out, specs, resources, uri, t0)
+
+
+@contextmanager
+def lock_out(out: Path):
+    """Hold ``<out>/.lock`` (:class:`pipelines.checkpoint.OutDirLock`); another live holder: one-line ConfigError."""
+    from .checkpoint import OutDirLock
+
+    lock = OutDirLock(out)
+    try:
+        lock.__enter__()
+    except ConfigError:
+        try:
+            holder = lock.path.read_text().strip() or "another process"
+        except OSError:
+            holder = "another process"
+        raise ConfigError(f"--out {out} is in use by another zo compare ({holder}); wait for it to end or "
+                          f"choose another --out") from None
+    try:
+        yield lock
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _drive(cfg: CompareConfig, recipe: str, out: Path, specs: list[RunSpec], resources: dict, uri: str,
+           t0: float) -> dict[str, Any]:
+    """The locked part of :func:`run`: the parent run, the missing runs, the report."""
+    from zoplatform.tracking import compare_runs_link, ending, print_links, set_note
+    from zoplatform.tracking.mlflow import MlflowTracker
+
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "compare.json"
     saved = json.loads(state_path.read_text()) if state_path.is_file() else {}

@@ -169,3 +169,40 @@ def test_meta_train_mlflow_run_is_named_after_what_it_trains(monkeypatch, tmp_pa
     res = CliRunner().invoke(cli, [*args, "--out-dir", str(tmp_path / "meta1"), *extra])
     assert isinstance(res.exception, Stop), res.output
     assert seen["run_name"] == name  # not the out dir's name, "meta1"
+
+
+# --------------------------------------------------------------------------- compare: the out dir, labels
+CMP = ["compare", "--model", "tiny:llama", "--num-train", "16", "--num-dev", "8", "--num-test", "8",
+       "--batch-size", "4", "--eval-points", "2", "--seeds", "1", "--forward-budget", "4", "--tasks", "sst2"]
+
+
+@needs_data
+@pytest.mark.parametrize("label", ["../evil", "a/b", "ABS", "..", "a\\b"])
+def test_compare_refuses_a_label_that_is_not_one_path_component(tmp_path, label):
+    """A --configs label names <out>/runs/<task>/<label>; "../evil" used to write outside --out."""
+    label = str(tmp_path / "abs") if label == "ABS" else label  # an absolute path (under tmp_path, in case)
+    (tmp_path / "c.yaml").write_text(json.dumps({label: {"method": "mezo"}}))
+    res = CliRunner().invoke(cli, [*CMP, "--methods", f"mezo,{label}", "--configs", str(tmp_path / "c.yaml"),
+                                   "--out", str(tmp_path / "cmp" / "out"),
+                                   "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--json"])
+    one_line_error(res, f"method label {label!r} is not a single safe path component")
+    assert not (tmp_path / "cmp").exists() and not (tmp_path / "evil").exists() and not (tmp_path / "abs").exists()
+    assert not (tmp_path / "m.db").exists()
+
+
+@needs_data
+def test_a_second_compare_on_a_locked_out_is_refused_and_the_lock_is_released_after(tmp_path, uri):
+    from pipelines.checkpoint import OutDirLock
+
+    out = tmp_path / "cmp"
+    args = [*CMP, "--methods", "mezo", "--out", str(out), "--tracking-uri", uri, "--json"]
+    with OutDirLock(out):  # a live `zo compare` driving this --out
+        res = CliRunner().invoke(cli, args)
+        one_line_error(res, f"--out {out} is in use by another zo compare (pid ")
+        assert "choose another --out" in res.stderr
+        assert not (out / "compare.json").exists() and not (out / "runs").exists()  # no parent run, no runs
+    res = CliRunner().invoke(cli, [*args, "--report-only"])
+    assert res.exit_code == 0, res.output
+    assert (out / "compare.json").is_file()
+    with OutDirLock(out):  # the finished driver let go of it
+        pass
