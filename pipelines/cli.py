@@ -250,7 +250,7 @@ def run_data_options(f):
 @click.option("--objectives", help="comma-separated: acc (default), loss, forward_passes")
 @click.option("--seed", type=int, help="data/ZO seed of every trial and the sampler's seed")
 @click.option("--max-failures", type=int, help="retries of a failed trial from its checkpoint (default 2)")
-@click.option("--grace-period", type=int, help="ASHA's first rung in forward passes (default 10%% of a trial)")
+@click.option("--grace-period", type=int, help="ASHA's first rung in forward passes (default 10% of a trial)")
 @click.option("--reduction-factor", type=float, help="ASHA reduction factor (default 3)")
 @click.option("--time-budget-s", type=float, help="wall-clock budget of the sweep")
 @click.option("--optuna-storage", help="Optuna RDB URL or journal file (default: a journal in the sweep dir)")
@@ -259,26 +259,41 @@ def run_data_options(f):
 @click.option("--confirm-top", type=int, help="how many of the best configurations to confirm (default 1)")
 @click.option("--eval-every", type=int)
 @run_data_options
+@click.option("--precision", help="every trial's precision: fp32 (default) | bf16-mixed | fp16-mixed | bf16-true "
+                                  "| fp16-true")
 @click.option("--set", "settings", multiple=True, help="other fine-tune option KEY=VALUE (e.g. max_length=256)")
 @click.option("--resume", is_flag=True, default=None, help="continue the interrupted sweep --storage/--name")
 @click.option("--json", "as_json", is_flag=True, help="print a one-line JSON summary last")
 @friendly
 def sweep(objectives, settings, as_json, batch_size, eval_every, num_train, num_dev, num_test, data_dir, device,
-          dtype, **opts):
+          dtype, precision, **opts):
     """Tune a method's hyperparameters: Ray Tune (or Optuna) over ZO fine-tunes, tracked in MLflow."""
     from pipelines.sweep import load_sweep_config, run
 
     ft = {"batch_size": batch_size, "eval_every": eval_every, "num_train": num_train, "num_dev": num_dev,
-          "num_test": num_test, "data_dir": data_dir, "device": device, "dtype": dtype} | parse_kv(settings)
+          "num_test": num_test, "data_dir": data_dir, "device": device, "dtype": dtype,
+          "precision": precision} | parse_kv(settings)
     opts["finetune"] = {k: v for k, v in ft.items() if v is not None}
     if objectives is not None:
         opts["objectives"] = [o.strip() for o in objectives.split(",") if o.strip()]
     cfg = load_sweep_config(opts)
     out = run(cfg)
-    emit_json(out) if as_json else click.echo(json.dumps(out, indent=1, default=str))
+    if as_json:  # stdout: the one-line JSON; the links (and how to go on) for a person on stderr
+        from zoplatform.tracking import print_links
+
+        print_links(out.get("mlflow_ui"), "sweep")
+        emit_json(out)
+        if out["status"] == "interrupted":
+            click.echo(out["resume_with"], err=True)
+    else:
+        from pipelines.sweep.recipe import human_summary
+
+        click.echo(human_summary(out))
     if out["status"] == "interrupted":
-        click.echo(out["resume_with"], err=True)
         sys.exit(130)
+    if out["status"] == "failed":  # every trial failed: nothing was tuned
+        click.echo(f"error: sweep {out['sweep']}: {out['error']}", err=True)
+        sys.exit(1)
 
 
 # --------------------------------------------------------------------------- meta-train
