@@ -96,8 +96,19 @@ def default_name(method: str, task: str, model: str) -> str:
     return f"{method}-{task}-{model.replace('/', '_').replace(':', '_')}"
 
 
+def check_name(name: str) -> str:
+    """A sweep's name is its directory under ``--storage``: one safe path component (no ``/``, ``..``, absolute
+    path), so a sweep never writes outside its storage."""
+    bad = (not name or name in (".", "..") or name != name.strip() or any(c in name for c in "/\\\0")
+           or Path(name).is_absolute() or Path(name).name != name)
+    if bad:
+        raise ConfigError(f"--name {name!r} is not a valid sweep name: it must be a single directory name under "
+                          f"--storage (no '/', '..' or absolute path), e.g. mezo-sst2-run1")
+    return name
+
+
 def sweep_name(cfg: SweepConfig) -> str:
-    return cfg.name or default_name(cfg.method, cfg.task, cfg.model)
+    return check_name(cfg.name or default_name(cfg.method, cfg.task, cfg.model))
 
 
 def resume_hint(cfg: SweepConfig) -> str:
@@ -136,6 +147,12 @@ def check_inputs(cfg: SweepConfig):
     from pipelines.finetune import check_inputs as check_finetune
 
     zoplatform.get_method(cfg.method)  # unknown method: the registry's message
+    sweep_name(cfg)  # a name that would leave --storage
+    if not cfg.experiment.strip():
+        raise ConfigError(f"--experiment {cfg.experiment!r} is empty; give an MLflow experiment name "
+                          f"(default zo-sweep)")
+    if cfg.optuna_storage is not None:
+        check_optuna_storage(cfg.optuna_storage)
     space = search_spaces.load_space(cfg.space or cfg.method)
     if space.method != cfg.method:
         raise ConfigError(f"search space {space.source} is for method {space.method!r}, not --method {cfg.method!r}")
@@ -155,9 +172,39 @@ def check_inputs(cfg: SweepConfig):
     fixed = {p.name: p.value for p in space.params if p.dist == "fixed"}
     ft = trial_finetune_config(cfg, fixed | point, out_dir=Path("unused"), resume=False, run_name="check",
                                tracking_uri=None, parent_run_id=None)
-    check_finetune(ft)
+    _, _, data_dir = check_finetune(ft)
+    from pipelines.sampling import sample_data
+
+    sample_data(ft, data_dir)  # the sample's bounds (batch_size <= train examples), as a trial would find them
     check_confirm(cfg, space)
     return space, resources, objectives, Path(cfg.storage).resolve() / sweep_name(cfg)
+
+
+def check_optuna_storage(url: str) -> None:
+    """An RDB URL must parse and its database driver must be installed (checked without connecting); a journal
+    file path must not be empty."""
+    if not url.strip():
+        raise ConfigError("--optuna-storage is empty; give an RDB URL (sqlite:///..., postgresql://...) or a "
+                          "journal file path")
+    if "://" not in url:
+        return
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise ConfigError(f"--optuna-storage {url!r} is not a database URL (dialect+driver://user@host/db, "
+                          f"e.g. sqlite:////abs/optuna.db)") from None
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        sqlalchemy.create_engine(parsed).dispose()  # imports the dialect and its driver; does not connect
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as e:
+        raise ConfigError(f"--optuna-storage {shown}: the database driver for {parsed.drivername!r} is not "
+                          f"installed ({type(e).__name__}: {e}); install it, or use sqlite:/// or a journal "
+                          f"file path") from None
+    except sqlalchemy.exc.ArgumentError as e:
+        raise ConfigError(f"--optuna-storage {shown}: {e}") from None
 
 
 def planned_forward_passes(cfg: SweepConfig, space) -> int:
@@ -173,6 +220,8 @@ def planned_forward_passes(cfg: SweepConfig, space) -> int:
 def load_for_resume(storage: str, name: str | None, given: dict[str, Any]) -> dict[str, Any]:
     """The saved config of an interrupted sweep, checked against the options given now."""
     root = Path(storage).resolve()
+    if name is not None:
+        check_name(name)
     if name is None and any(k in given for k in ("method", "task", "model")):
         f = SweepConfig.model_fields
         name = default_name(*(given.get(k, f[k].default) for k in ("method", "task", "model")))

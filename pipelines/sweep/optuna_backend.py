@@ -3,6 +3,9 @@ pruner, ``--max-concurrent`` threads, in-trial retries from the checkpoint, and 
 (each continues in its own out_dir and MLflow run)."""
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,30 @@ def optuna_storage(cfg: SweepConfig, sweep_dir: Path, ray_backend: bool = False)
     if "://" in url:
         return RDBStorage(url, heartbeat_interval=60)
     return JournalStorage(JournalFileBackend(str(Path(url).resolve())))
+
+
+@contextlib.contextmanager
+def interrupt_event():
+    """Ctrl-C or SIGTERM during ``study.optimize``: the trials run in worker threads (``--max-concurrent`` > 1),
+    which no signal reaches, and Optuna's thread pool would wait for them to run to the end.  So the signal sets an
+    event that every running trial checks after each step (it then ends as Ctrl-C ends it: checkpoint, run KILLED,
+    resumable with ``--resume``) and the driver returns promptly; a second Ctrl-C raises KeyboardInterrupt at once."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+
+    def on_signal(signum, frame):
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield event
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def run_optuna(cfg: SweepConfig, space, objectives, sweep_dir: Path, ctx: dict, resume: bool):
@@ -69,6 +96,8 @@ def run_optuna(cfg: SweepConfig, space, objectives, sweep_dir: Path, ctx: dict, 
             study.enqueue_trial(p)
 
     def objective(trial):
+        if stop.is_set():  # interrupted before this trial began: it continues, fresh, on --resume
+            raise KeyboardInterrupt("sweep interrupted")
         params = search_spaces.sample(space, trial)
         key = trial.user_attrs.get("trial_key") or f"{trial.number:04d}"
         trial.set_user_attr("trial_key", key)
@@ -87,7 +116,8 @@ def run_optuna(cfg: SweepConfig, space, objectives, sweep_dir: Path, ctx: dict, 
             try:
                 s = run_trial(cfg, params, out_dir, trial_key=key, tracking_uri=ctx["tracking_uri"],
                               parent_run_id=ctx["parent_run_id"], report=report,
-                              extra_tags={"optuna_trial": str(trial.number)}, searched=ctx.get("searched", ()))
+                              extra_tags={"optuna_trial": str(trial.number)}, searched=ctx.get("searched", ()),
+                              interrupted=stop.is_set)
                 break
             except Exception as e:  # retried, then recorded as the trial's error
                 if attempt == cfg.max_failures:
@@ -111,11 +141,30 @@ def run_optuna(cfg: SweepConfig, space, objectives, sweep_dir: Path, ctx: dict, 
             getattr(transformers, n)
     remaining = max(0, cfg.trials - done)
     interrupted = False
+    stop = threading.Event()
     try:
-        study.optimize(objective, n_trials=remaining, n_jobs=cfg.max_concurrent, catch=(Exception,),
-                       gc_after_trial=True)
+        with interrupt_event() as stop:
+            # the study runs in a thread and this (main) thread waits in short slices: a signal is handled by
+            # the main thread only, and a main thread blocked in Optuna's futures would not handle it before
+            # the trials end (the kernel may deliver it to a trial's thread)
+            failure: list[BaseException] = []
+
+            def optimize():
+                try:
+                    study.optimize(objective, n_trials=remaining, n_jobs=cfg.max_concurrent, catch=(Exception,),
+                                   gc_after_trial=True)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                    failure.append(e)
+
+            runner = threading.Thread(target=optimize, name="zo-sweep-optuna", daemon=True)
+            runner.start()
+            while runner.is_alive():
+                runner.join(0.2)
+            if failure:
+                raise failure[0]
     except KeyboardInterrupt:
         interrupted = True
+    interrupted = interrupted or stop.is_set()
 
     rows = []
     latest = {}

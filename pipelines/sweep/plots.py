@@ -94,8 +94,10 @@ def param_importances(plt, imps, objectives, path: Path, suffix: str, note: str 
         ax.barh(names, [imps[n] for n in names])
         ax.set_xlabel(f"importance for {metric} (Optuna, PED-ANOVA)")
     else:
-        ax.text(0.5, 0.5, f"importances undefined: {note or 'not computed'}", ha="center", va="center",
-                fontsize=11, transform=ax.transAxes)
+        import textwrap
+
+        ax.text(0.5, 0.5, textwrap.fill(f"importances undefined: {note or 'not computed'}", 70), ha="center",
+                va="center", fontsize=9, transform=ax.transAxes)
         ax.set_axis_off()
     ax.set_title(f"parameter importances{suffix}", fontsize=9)
     return _save(plt, fig, path)

@@ -235,6 +235,7 @@ def run_ray(cfg: SweepConfig, space, resources, objectives, sweep_dir: Path, ctx
         if r.error is not None:
             status = "failed"
             errored.add(tid)
+            m["error"] = f"{type(r.error).__name__}: {r.error}"
         elif m.get("done_training"):
             status = "finished"
         elif tid in stopped or not interrupted:

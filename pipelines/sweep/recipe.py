@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,44 @@ def parent_name(cfg: SweepConfig) -> str:
 
 
 def run(cfg: SweepConfig) -> dict[str, Any]:
-    """Run (or, with ``resume``, continue) a sweep; returns the JSON summary."""
-    from zoplatform.tracking import children_link, ending, print_links, set_note
-    from zoplatform.tracking.mlflow import MlflowTracker, resolve_tracking_uri
-
+    """Run (or, with ``resume``, continue) a sweep; returns the JSON summary (:func:`human_summary` says it in a
+    few lines)."""
     t0 = time.perf_counter()
     # 1. validate: nothing below starts before this passes -----------------------
     space, resources, objectives, sweep_dir = check_inputs(cfg)
     state_path = sweep_dir / "sweep.json"
     resume = cfg.resume
+    if resume and not state_path.is_file():
+        raise ConfigError(f"--resume: no sweep {sweep_dir.name!r} in {sweep_dir.parent} (no {state_path})")
+    lock = lock_sweep_dir(sweep_dir)  # held for the driver's life: a second driver on this sweep is refused
+    try:
+        return _run_locked(cfg, t0, space, resources, objectives, sweep_dir, state_path, resume)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def lock_sweep_dir(sweep_dir: Path):
+    """The sweep dir's flock (:class:`pipelines.checkpoint.OutDirLock`), or one line naming the driver that holds
+    it (two drivers on one sweep would write the same study, trials and MLflow runs)."""
+    from pipelines.checkpoint import LOCK_FILE, OutDirLock
+
+    lock = OutDirLock(sweep_dir)
+    try:
+        return lock.__enter__()
+    except ConfigError:
+        try:
+            holder = (sweep_dir / LOCK_FILE).read_text().strip() or "another process"
+        except OSError:
+            holder = "another process"
+        raise ConfigError(f"sweep {sweep_dir.name!r} in {sweep_dir.parent} is in use by another zo sweep "
+                          f"({holder}); wait for it to end, or pass another --name") from None
+
+
+def _run_locked(cfg: SweepConfig, t0: float, space, resources, objectives, sweep_dir: Path, state_path: Path,
+                resume: bool) -> dict[str, Any]:
+    from zoplatform.tracking import children_link, ending, set_note
+    from zoplatform.tracking.mlflow import MlflowTracker, resolve_tracking_uri
+
     if resume and not state_path.is_file():
         raise ConfigError(f"--resume: no sweep {sweep_dir.name!r} in {sweep_dir.parent} (no {state_path})")
     if not resume and state_path.is_file():
@@ -93,6 +123,7 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
             except Exception as e:  # noqa: BLE001 - too few or constant trials: no importances, say why
                 imps, imps_note = {}, str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
                 parent.set_tags({"zo.importances": f"not computed: {imps_note}"[:500]})
+                print(f"parameter importances not computed: {imps_note}", file=sys.stderr, flush=True)
             counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped_early", "failed",
                                                                          "interrupted")}
             what = f"{cfg.method} on {cfg.task} ({cfg.model})"
@@ -102,9 +133,10 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
                      f"<hyperparameters> {cfg.method} {cfg.task}`, its objective logged at every evaluation as "
                      f"`{objective_metric(objectives[0][1])}`.")
             md = results_markdown(rows, space, objectives, title=f"sweep {what}", best=best, front=front,
-                                  about=about)
+                                  about=about, importances_note=imps_note)
             (out / "results.md").write_text(md)
-            note = results_markdown(rows, space, objectives, title=None, best=best, front=front, about=about)
+            note = results_markdown(rows, space, objectives, title=None, best=best, front=front, about=about,
+                                    importances_note=imps_note)
             files = [out / "results.md", write_table(rows, space, out / "results.csv", objectives)]
             (out / "results.json").write_text(json.dumps([{k: v for k, v in r.items()} for r in rows], indent=1))
             files.append(out / "results.json")
@@ -124,6 +156,7 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
                 from pipelines.confirm import confirm
 
                 confirmed = confirm(cfg, space, rows, objectives, sweep_dir, parent, uri, resources)
+                note += "\n### Did tuning help? (`confirm.md`)\n\n" + (out / "confirm.md").read_text()
             for f in files:
                 parent.log_artifact(f)
             metrics = {f"trials_{k}": v for k, v in counts.items()}
@@ -139,15 +172,19 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
                 _, metric, mode = objectives[0]
                 links["trials"] = children_link(links["runs"], parent.run_id, objective_metric(metric),
                                                 ascending=mode == "min", where="tags.`zo.kind` = 'sweep-trial'")
-            print_links(links, "sweep")
+            failed = bool(rows) and not interrupted and counts["failed"] == len(rows)
             if interrupted:
                 run_end.status, run_end.reason = "KILLED", resume_hint(cfg)
+            elif failed:  # nothing to rank: the sweep failed, whatever was written
+                first = next((r["error"] for r in rows if r.get("error")), "see the trials' logs")
+                run_end.status, run_end.reason = "FAILED", f"every trial failed; the first: {first}"[:500]
 
             def public(r):
                 return None if r is None else {k: v for k, v in r.items() if k != "curve"}
 
             return {
-                "sweep": sweep_dir.name, "status": "interrupted" if interrupted else "finished",
+                "sweep": sweep_dir.name,
+                "status": "interrupted" if interrupted else "failed" if failed else "finished",
                 "backend": cfg.backend, "scheduler": cfg.scheduler, "method": cfg.method, "task": cfg.task,
                 "model": cfg.model, "trials": cfg.trials, "counts": counts,
                 "objectives": [{"name": n, "metric": m, "mode": d} for n, m, d in objectives],
@@ -155,8 +192,11 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
                 "parent_run_id": parent.run_id, "experiment": cfg.experiment, "tracking_uri": uri,
                 "mlflow_ui": links,
                 "storage": str(sweep_dir), "artifacts": [str(f) for f in files],
+                "best_config": str(out / "best_config.yaml") if best is not None else None,
+                "results_md": str(out / "results.md"), "importances_note": imps_note,
                 "wall_time_s": round(time.perf_counter() - t0, 2),
                 **({"resume_with": run_end.reason} if interrupted else {}),
+                **({"error": run_end.reason} if failed else {}),
                 **({"confirm": confirmed} if confirmed else {}),
             }
     finally:
@@ -165,3 +205,50 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
 
             ray.shutdown()
 
+
+
+def human_summary(out: dict[str, Any]) -> str:
+    """The end of a sweep, for a person: what ran, the best trial and its config, the confirmation's verdict with
+    its interval, where the results are and the MLflow links (``--json`` prints the summary itself instead)."""
+    from zoplatform.tracking import format_param
+
+    counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in out["counts"].items() if v) or "none ran"
+    lines = [f"sweep {out['sweep']} {out['status']}: {sum(out['counts'].values())} of {out['trials']} trials "
+             f"({counts}); {out['method']} on {out['task']} ({out['model']}), backend {out['backend']}"]
+    best = out.get("best")
+    if best:
+        vals = ", ".join(f"{o['metric']} {format_param(best[o['metric']])}" for o in out["objectives"]
+                         if best.get(o["metric"]) is not None)
+        test = best.get("test_accuracy")
+        params = " ".join(f"{k}={format_param(v)}" for k, v in best["params"].items())
+        lines.append(f"best: {best.get('label') or best['trial']} ({vals}"
+                     + (f", test_accuracy {format_param(test)}" if test is not None else "") + f"): {params}")
+        if out.get("best_config"):
+            lines.append(f"best config: {out['best_config']}  (zo finetune --config {out['best_config']})")
+    else:
+        lines.append("best: none (no trial reported its objective)")
+    for c in (out.get("confirm") or {}).get("configs", []):
+        p = c.get("paired")
+        if not p:
+            continue
+        if p.get("delta_acc") is None:
+            lines.append(f"confirm {c['label']} vs default: no paired seeds finished")
+            continue
+        lo, hi = p["ci95"]
+        lines.append(f"confirm {c['label']} vs default: {100 * p['delta_acc']:+.1f} pts test accuracy "
+                     f"[95% CI {100 * lo:+.1f}, {100 * hi:+.1f}] over {p['seeds']} seeds: {p['verdict']}")
+    if out.get("importances_note"):
+        lines.append(f"importances: not computed: {out['importances_note']}")
+    if out.get("error"):
+        lines.append(f"error: {out['error']}")
+    lines.append(f"results: {out.get('results_md') or out['storage']}")
+    links = out.get("mlflow_ui") or {}
+    if "run" in links:
+        lines.append(f"MLflow sweep: {links['run']}")
+    if "trials" in links:
+        lines.append(f"MLflow trials, best first: {links['trials']}")
+    if "start_ui" in links:
+        lines.append(f"  (start the UI first: {links['start_ui']})")
+    if out.get("resume_with"):
+        lines.append(out["resume_with"])
+    return "\n".join(lines)

@@ -95,7 +95,8 @@ def make_row(key: str, params: dict, status: str, m: dict, trial_dir: Path) -> d
     return {"trial": key, "label": m.get("trial_label") or trial_label(key), "status": status, "params": params,
             "best_dev_accuracy": num("best_dev_accuracy"), "dev_loss": num("dev_loss"),
             "forward_passes": fp, "test_accuracy": num("test_accuracy"),
-            "mlflow_run_id": m.get("mlflow_run_id"), "trial_dir": str(trial_dir), "curve": curve}
+            "mlflow_run_id": m.get("mlflow_run_id"), "trial_dir": str(trial_dir), "curve": curve,
+            **({"error": str(m["error"])[:500]} if status == "failed" and m.get("error") else {})}
 
 
 def pareto_front(rows: list[dict], objectives) -> list[dict]:
@@ -157,7 +158,7 @@ def _cell(v) -> str:
 
 
 def results_markdown(rows: list[dict], space, objectives, *, title: str | None, best: dict | None,
-                     front: list[dict] | None = None, about: str = "") -> str:
+                     front: list[dict] | None = None, about: str = "", importances_note: str | None = None) -> str:
     """results.md, the sweep parent's description: the trials ranked by the objective as a table (the
     searched hyperparameters, status, forward passes, test accuracy), then the best trial; ``title`` (a heading)
     first unless None."""
@@ -177,6 +178,8 @@ def results_markdown(rows: list[dict], space, objectives, *, title: str | None, 
     if best is not None:
         lines += ["", f"Best: **{label_of(best)}** (trial {best['trial']}); its config is the "
                      f"artifact `best_config.yaml`: `zo finetune --config best_config.yaml`."]
+    if importances_note:
+        lines += ["", f"Parameter importances: not computed: {importances_note}."]
     if about:
         lines += ["", about]
     return "\n".join(lines) + "\n"
@@ -204,14 +207,36 @@ class _Replay:
         return self.values[name]
 
 
+MIN_SAMPLED = 5  # trials the sampler chose (not the space's defaults) that importances need at the least
+
+
+def is_default(row: dict, space) -> bool:
+    """The trial ran one of the space's ``defaults`` (enqueued before the sampler takes over), not a sampled
+    point."""
+    import search_spaces
+
+    fixed = {p.name for p in space.params if p.dist == "fixed"}
+    params = {k: v for k, v in row["params"].items() if k not in fixed}
+    return any(params == p for p in search_spaces.to_points(space))
+
+
 def importances(rows: list[dict], space, objectives) -> dict[str, float]:
-    """Optuna's parameter importances (PED-ANOVA) of the first objective over the rows."""
+    """Optuna's parameter importances (PED-ANOVA) of the first objective over the rows; a ValueError (the reason)
+    when they would mean nothing: fewer than :data:`MIN_SAMPLED` trials that the sampler chose (the space's
+    defaults are hand-picked points, not a sample of the space), or a constant objective."""
     import optuna
 
     import search_spaces
 
     _, metric, mode = objectives[0]
-    values = [r[metric] for r in rows if r.get(metric) is not None and r["status"] != "failed"]
+    scored = [r for r in rows if r.get(metric) is not None and r["status"] != "failed"]
+    sampled = [r for r in scored if not is_default(r, space)]
+    if len(sampled) < MIN_SAMPLED:
+        n_def = len(scored) - len(sampled)
+        raise ValueError(f"only {len(sampled)} of the {len(scored)} trials with a {metric} were chosen by the "
+                         f"sampler ({n_def} ran the space's defaults); importances need at least {MIN_SAMPLED} "
+                         f"sampled trials (run more --trials)")
+    values = [r[metric] for r in scored]
     if len(values) < 2:
         raise ValueError(f"fewer than 2 trials with a {metric}")
     if len(set(values)) == 1:

@@ -90,7 +90,7 @@ class TrialTracker(MlflowTracker):
 def run_trial(cfg: SweepConfig, params: dict[str, Any], out_dir: Path, *, trial_key: str, tracking_uri: str,
               parent_run_id: str, report: Callable[[dict], bool], extra_tags: dict[str, str] | None = None,
               step_hook: Callable[[Path, int], None] | None = None, searched: Sequence[str] = (),
-              label: str | None = None) -> dict:
+              label: str | None = None, interrupted: Callable[[], bool] | None = None) -> dict:
     """One trial = one fine-tune in ``out_dir`` logged to a child run of the sweep.
 
     ``report(metrics)`` is called after every dev evaluation (and its checkpoint)
@@ -99,7 +99,9 @@ def run_trial(cfg: SweepConfig, params: dict[str, Any], out_dir: Path, *, trial_
     If ``out_dir`` holds a checkpoint the trial resumes from it, in the same run.
     ``step_hook`` (default :func:`after_step`) runs after every step. ``searched``: the space's sampled
     hyperparameters, shown in the run's name (``t3 lr=4.43e-06 eps=0.001 mezo sst2``) after ``label`` (default
-    :func:`.results.trial_label` of the key).
+    :func:`.results.trial_label` of the key). ``interrupted()`` true (the sweep was interrupted while this trial
+    runs in a worker thread, which no signal reaches) ends the trial after its step as Ctrl-C does: checkpoint, run
+    KILLED with the sweep's resume command.
     """
     from pipelines.finetune import run
 
@@ -131,6 +133,8 @@ def run_trial(cfg: SweepConfig, params: dict[str, Any], out_dir: Path, *, trial_
         # backend ranks (a stopped trial's included), so sorting the trials by it in the UI ranks them right
         tracker.log_metrics({objective_metric(k): metrics[k] for k in objective_metrics}, step)
         tracker.flush()  # right after the checkpoint, as the fine-tune's own eval metrics
+        if step >= ft.steps:  # the last evaluation: the trial has run its whole budget, so no scheduler may cut
+            return            # it now (it would lose its test evaluation); the backend gets its final result
         try:
             stop = bool(report(metrics)) or stop
         except StoppedByBackend:
@@ -143,6 +147,8 @@ def run_trial(cfg: SweepConfig, params: dict[str, Any], out_dir: Path, *, trial_
         nonlocal steps_here
         steps_here += 1
         hook(out_dir, steps_here)
+        if interrupted is not None and interrupted():
+            raise KeyboardInterrupt("sweep interrupted")
         return stop
 
     summary = run(ft, tracker=tracker, on_eval=on_eval, should_stop=should_stop)
