@@ -207,3 +207,18 @@ def test_ctrl_c_stops_the_running_optuna_trials_and_they_resume(tmp_path, uri, m
     _, parent, children = runs_of(uri, s["parent_run_id"])
     assert parent.info.status == "FINISHED" and {c.info.status for c in children} == {"FINISHED"}
     assert {c.data.tags["zo.trial"]: c.info.run_id for c in children} == first  # continued in the same runs
+
+
+def test_ray_asha_never_cuts_a_trial_at_its_last_evaluation(tmp_path, uri, ray_session):
+    """ASHA's first rung at the whole budget (8 forward passes): before, a trial worse than the rung's median was
+    stopped at its last evaluation, so it showed "stopped early" with no test accuracy after running all of it."""
+    code, s, out = sweep(tmp_path, "--trials", "3", "--max-concurrent", "1", "--scheduler", "asha",
+                         "--grace-period", "8", "--reduction-factor", "2", "--objectives", "loss")
+    assert code == 0 and s["status"] == "finished", out
+    assert s["counts"] == {"finished": 3, "stopped_early": 0, "failed": 0, "interrupted": 0}, s["counts"]
+    rows = json.loads((Path(s["storage"]) / "results" / "results.json").read_text())
+    assert [r["forward_passes"] for r in rows] == [8, 8, 8]
+    assert all(r["test_accuracy"] is not None for r in rows)
+    _, _, children = runs_of(uri, s["parent_run_id"])
+    assert len(children) == 3 and all("zo.stopped_early" not in c.data.tags for c in children)
+    assert all("test_accuracy" in c.data.metrics for c in children)
