@@ -101,6 +101,26 @@ def print_run_link(links: dict | None, what: str = "run") -> None:
                    err=True)
 
 
+def _set_ui_url(ctx, param, value):
+    """``--ui-url`` (else ``$ZO_MLFLOW_UI``): checked before any work, then the printed MLflow links (and those of
+    this command's worker processes) point at it, through ``$ZO_MLFLOW_UI``."""
+    from zoplatform.tracking import check_ui_url
+
+    source, url = ("--ui-url", value) if value else ("$ZO_MLFLOW_UI", os.environ.get("ZO_MLFLOW_UI"))
+    if url:
+        try:
+            os.environ["ZO_MLFLOW_UI"] = check_ui_url(url, source)
+        except ZOError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(EXIT_USAGE)
+
+
+ui_url_option = click.option(
+    "--ui-url", callback=_set_ui_url, expose_value=False,
+    help="where you serve the MLflow UI, e.g. http://127.0.0.1:5055 for `mlflow ui --port 5055`: the printed links "
+         "use it (default $ZO_MLFLOW_UI, else the --tracking-uri server, else http://127.0.0.1:5000)")
+
+
 def parse_kv(items) -> dict:
     import yaml
 
@@ -115,6 +135,7 @@ def parse_kv(items) -> dict:
 
 @main.command()
 @finetune_options
+@ui_url_option
 @friendly
 def finetune(config_file, as_json, method_option, **opts):
     """Fine-tune a model on a task with a ZO method (or 'fo'), tracked in MLflow."""
@@ -264,6 +285,7 @@ def run_data_options(f):
 @click.option("--set", "settings", multiple=True, help="other fine-tune option KEY=VALUE (e.g. max_length=256)")
 @click.option("--resume", is_flag=True, default=None, help="continue the interrupted sweep --storage/--name")
 @click.option("--json", "as_json", is_flag=True, help="print a one-line JSON summary last")
+@ui_url_option
 @friendly
 def sweep(objectives, settings, as_json, batch_size, eval_every, num_train, num_dev, num_test, data_dir, device,
           dtype, precision, **opts):
@@ -351,6 +373,7 @@ class OneLineUsageErrors(click.Command):
 @click.option("--progress/--no-progress", default=None)
 @click.option("--config", "config_file", type=str, help="YAML/JSON file of options (CLI values win)")
 @click.option("--json", "as_json", is_flag=True, help="print a one-line JSON summary last")
+@ui_url_option
 @friendly
 def meta_train(config_file, as_json, preset, **opts):
     """Meta-train a ZO Fine-tuner perturbation policy for a base model (first-order, once per model)."""
@@ -393,6 +416,7 @@ def meta_train(config_file, as_json, preset, **opts):
                                      "<!-- NAME:start --> ... <!-- NAME:end --> (default results)")
 @click.option("--report-only", is_flag=True, default=None, help="report the runs already finished under --out, run nothing")
 @click.option("--json", "as_json", is_flag=True, help="print a one-line JSON summary last")
+@ui_url_option
 @friendly
 def compare(configs_file, as_json, **opts):
     """Every method on the same tasks and seeds at an equal forward-pass budget, with a results report."""

@@ -6,11 +6,14 @@
 # Runs tests/test_ui.py (pytest -m ui): makes a tiny store with the real commands (zo finetune, zo compare,
 # zo sweep --backend optuna, zo meta-train --register on tiny:llama, SQLite in a temp dir), starts `mlflow ui` with
 # the command they print, checks names, metrics, notes and the printed links through the REST API, then drives
-# headless Chromium (Debian's `chromium`; no browser download) to the printed links and saves a screenshot of each
-# page into SHOTS_DIR: experiments list, fine-tune runs view / run page / metrics, compare runs view / parent,
-# sweep runs view / parent, registry version. About 3-6 minutes on 2 cores.
+# headless Chromium (Debian's `chromium`; no browser download) to the printed links, waits on each page until what
+# a person looks for is shown (runs listed, descriptions, every metric's chart drawn: not loading spinners; a page
+# that never gets there fails the check) and saves a screenshot of each into SHOTS_DIR: experiments list, fine-tune
+# runs view / run page / metrics, compare runs view / parent, sweep runs view / parent / trials, registry version.
+# About 3-5 minutes on 2 cores (the browser part under a minute).
 #
-# Without chromium the REST checks still run and the browser test is skipped (apt-get install -y chromium).
+# Without chromium the REST checks still run and the browser test is skipped, saying so (apt-get install -y
+# chromium; .ci/run installs it on a CI machine when it runs as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shots="$(realpath -m "${1:-ui_shots}")"

@@ -6,9 +6,12 @@ A tiny store is made with the real commands (``zo finetune``, ``zo compare``, ``
 
 * through the REST API: run names, params (one name each, resolved values), one-off results as step-0 metrics,
   no constant lr, run and experiment descriptions, and that the printed links' experiments hold the runs;
-* in headless Chromium (Debian's ``chromium``; skipped when it is not installed): the printed runs link's page
-  lists the runs (its DOM), and screenshots of the printed links are saved (``$ZO_UI_SHOTS`` or the test's
-  tmp dir; ``scripts/ui_check.sh`` keeps them).
+* in headless Chromium (Debian's ``chromium``, driven over the DevTools protocol on a pipe; skipped when it is not
+  installed, which ``.ci/run`` avoids by installing it when it can): each printed page is opened and *waited on*
+  until what a person looks for is shown (the runs listed, the description, the trials; on the metrics page every
+  metric's card, each on-screen chart drawn with points or bars, and a screenshot that is not white-and-spinners),
+  then screenshotted (``$ZO_UI_SHOTS`` or the test's tmp dir; ``scripts/ui_check.sh`` keeps them). A page that
+  never gets there fails, saying what it showed.
 
 About 2-4 minutes on 2 cores (two tiny commands, one UI start); ``-m "not ui"`` leaves it out.
 """
@@ -25,6 +28,7 @@ import sys
 import tempfile
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -222,10 +226,209 @@ def test_sweep_and_registry_explain_themselves_through_the_rest_api(store):
     assert ("untrained: ω moved" if meta["policy_rel_change"] < 1e-3 else "trained: ω moved") in mv["description"]
 
 
-def _chromium(url: str, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    with tempfile.TemporaryDirectory() as profile:  # a fresh profile: what a first-time visitor sees
-        return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url],
-                              capture_output=True, text=True, timeout=timeout, check=False)
+class Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: fds 3/4, no
+    websocket library, no driver download), so a check can *wait* for what a person would see (charts drawn, rows
+    listed) instead of screenshotting whatever a fixed time budget left (nine loading spinners, issue 40)."""
+
+    def __init__(self, timeout_s: float = 60.0):
+        import fcntl
+
+        def high(fd: int) -> int:  # out of the way of 3/4
+            new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+            os.close(fd)
+            return new
+
+        self.timeout_s = timeout_s
+        self._profile = tempfile.TemporaryDirectory()
+        r_in, self._w = map(high, os.pipe())  # we write, Chromium reads fd 3
+        self._r, w_out = map(high, os.pipe())  # Chromium writes fd 4
+
+        def child():
+            os.dup2(r_in, 3)
+            os.dup2(w_out, 4)
+
+        self.proc = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={self._profile.name}",
+                                      "--remote-debugging-pipe", "about:blank"], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=child,
+                                     close_fds=False, start_new_session=True)
+        os.close(r_in)
+        os.close(w_out)
+        self._buf, self._id = b"", 0
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        import select
+        import time
+
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params or {}} | ({"sessionId": session} if session else {})
+        os.write(self._w, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            while b"\0" in self._buf:
+                raw, self._buf = self._buf.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == self._id:
+                    if "error" in reply:
+                        raise RuntimeError(f"chromium {method}: {reply['error']}")
+                    return reply["result"]
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._r], [], [], left)[0]:
+                raise TimeoutError(f"chromium did not answer {method} in {self.timeout_s:.0f} s")
+            chunk = os.read(self._r, 1 << 20)
+            if not chunk:
+                raise RuntimeError(f"chromium exited (status {self.proc.poll()}) during {method}")
+            self._buf += chunk
+
+    def open(self, url: str, size: str, ready: str, what: str, wait_s: float = 45.0) -> Page:
+        """Open ``url`` in a fresh browser context (no storage: what a first-time visitor sees) at ``size``
+        ("W,H"); poll the JS expression ``ready`` until it is true; AssertionError with what the page showed when
+        it is not within ``wait_s``."""
+        w, h = map(int, size.split(","))
+        ctx = self.send("Target.createBrowserContext")["browserContextId"]
+        target = self.send("Target.createTarget", {"url": "about:blank", "browserContextId": ctx})["targetId"]
+        session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        page = Page(self, session, ctx)
+        self.send("Emulation.setDeviceMetricsOverride", {"width": w, "height": h, "deviceScaleFactor": 1,
+                                                         "mobile": False}, session)
+        self.send("Page.navigate", {"url": url}, session)
+        try:
+            page.wait(ready, f"{what} ({url})", wait_s)
+        except AssertionError:
+            page.close()
+            raise
+        return page
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close")
+        except (RuntimeError, TimeoutError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+        os.close(self._w)
+        os.close(self._r)
+        self._profile.cleanup()
+
+
+@dataclass
+class Page:
+    browser: Browser
+    session: str
+    context: str
+
+    def wait(self, ready: str, what: str, wait_s: float = 45.0) -> None:
+        """Poll the JS expression ``ready`` until it is true; AssertionError with what the page showed when it is
+        not within ``wait_s``."""
+        import time
+
+        deadline = time.monotonic() + wait_s
+        while not self.eval(f"Boolean({ready})"):
+            if time.monotonic() > deadline:
+                text = self.eval("document.body ? document.body.innerText : ''") or ""
+                raise AssertionError(f"{what}: not shown within {wait_s:.0f} s (page text: "
+                                     f"{' '.join(text.split())[:600]!r})")
+            time.sleep(0.3)
+        time.sleep(0.5)  # let the last frame paint
+
+    def eval(self, expression: str):
+        res = self.browser.send("Runtime.evaluate", {"expression": expression, "returnByValue": True},
+                                self.session)
+        return res["result"].get("value")
+
+    def dom(self) -> str:
+        return self.eval("document.documentElement.outerHTML")
+
+    def screenshot(self, path: Path) -> None:
+        import base64
+
+        path.write_bytes(base64.b64decode(self.browser.send("Page.captureScreenshot", {"format": "png"},
+                                                            self.session)["data"]))
+
+    def close(self) -> None:
+        self.browser.send("Target.disposeBrowserContext", {"browserContextId": self.context})
+
+
+def text_has(*texts: str) -> str:
+    """A ``ready`` expression: the page's visible text holds every one of ``texts``."""
+    return " && ".join(f"document.body && document.body.innerText.includes({json.dumps(t)})" for t in texts)
+
+
+# The metric charts of a run page (MLflow 3.17): a card per metric (title in its h4), in a grid that puts only the
+# cards near the screen in the page; a card draws its plotly chart only once on screen, with a trace of points (line
+# charts) or bars (step-0 values); until then it is a loading spinner.
+CARDS = "[...document.querySelectorAll('[data-testid=\"experiment-view-compare-runs-card\"]')]"
+SCROLLER = """(el => { for (let p = el.parentElement; p; p = p.parentElement) {
+  const o = getComputedStyle(p).overflowY;
+  if ((o === 'auto' || o === 'scroll') && p.scrollHeight > p.clientHeight) return p; }
+  return document.scrollingElement; })"""
+# on screen: within the window and within the grid's scrolling box (cards below its fold are in the page already)
+ON_SCREEN = f"""(c => {{ const r = c.getBoundingClientRect(), b = {SCROLLER}(c).getBoundingClientRect();
+  return r.width > 0 && r.bottom > Math.max(b.top, 0) && r.top < Math.min(b.bottom, innerHeight); }})"""
+CHART_STATE = f"""(() => {{
+  const cards = {CARDS}.filter({ON_SCREEN});
+  const drawn = c => !!c.querySelector('.js-plotly-plot .scatterlayer .trace .point, .js-plotly-plot .barlayer .point');
+  const title = c => (c.querySelector('h4') || {{}}).textContent;
+  return {{on_screen: cards.map(title), drawn: cards.filter(drawn).map(title)}};
+}})()"""
+CHARTS_DRAWN = f"(s => s.on_screen.length > 0 && s.drawn.length === s.on_screen.length)({CHART_STATE})"
+# scroll the grid's box on by a screen less a margin (no row skipped); true when it is already at the end
+NEXT_SCREEN = f"""(() => {{ const c = {CARDS}[0], s = c && {SCROLLER}(c); if (!s) return true;
+  const before = s.scrollTop; s.scrollBy(0, s.clientHeight - 80); return s.scrollTop === before; }})()"""
+
+
+def drawn_charts(page: Page, metrics: set[str], what: str, first_screen: Path, wait_s: float = 45.0) -> list[str]:
+    """The metrics whose chart a person scrolling down the charts page sees drawn: a screen at a time, wait until
+    every card on it has drawn and the screen has settled (the grid adds cards as it scrolls), screenshot the first
+    screen to ``first_screen``; AssertionError naming the cards still loading when a screen does not settle within
+    ``wait_s``."""
+    import time
+
+    seen: list[str] = []
+    for screen in range(20):
+        deadline, last, same = time.monotonic() + wait_s, None, 0
+        while same < 2:  # the same, fully drawn, three polls running
+            time.sleep(0.4)
+            state = page.eval(CHART_STATE)
+            same = same + 1 if state["on_screen"] and state["drawn"] == state["on_screen"] and state == last else 0
+            last = state
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: screen {screen + 1}: charts on screen {state['on_screen']}, drawn "
+                                     f"after {wait_s:.0f} s only {state['drawn']}")
+        if screen == 0:
+            page.screenshot(first_screen)
+        seen += [t for t in state["drawn"] if t not in seen]
+        if metrics <= set(seen) or page.eval(NEXT_SCREEN):
+            break
+    return seen
+
+
+def charts_problems(drawn: list[str], metrics: set[str], png: Path) -> list[str]:
+    """What is wrong with a run's metric charts page as a person sees it (empty: nothing): a drawn chart per
+    metric (``drawn``, from :func:`drawn_charts`), and a first screen (``png``) that shows them: a page still
+    loading is grey outlines and spinners on white, under 1% coloured pixels; drawn charts are about 5%."""
+    problems = []
+    if set(drawn) != metrics:
+        problems.append(f"charts drawn for {sorted(drawn)}, the run's metrics are {sorted(metrics)}")
+    share = coloured_share(png)
+    if share < 0.01:
+        problems.append(f"the screenshot is {100 * share:.2f}% coloured pixels (drawn charts: ~5%; loading "
+                        f"spinners: <1%)")
+    return problems
+
+
+def coloured_share(png: Path) -> float:
+    """The share of the screenshot's pixels with a colour (max - min channel > 60): chart traces and bars, not the
+    white/grey of an empty or loading page."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(png) as im:
+        a = np.asarray(im.convert("RGB"), dtype=np.int16)
+    return float(((a.max(axis=2) - a.min(axis=2)) > 60).mean())
 
 
 def shrink_png(path: Path, colors: int = 96) -> None:
@@ -237,36 +440,61 @@ def shrink_png(path: Path, colors: int = 96) -> None:
     small.save(path, optimize=True)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian: apt-get install -y chromium); the "
-                                             "REST checks above still ran")
-def test_printed_links_in_a_real_browser_list_the_runs_and_are_screenshotted(store):
-    ft, cmp = store["ft"], store["cmp"]
-    # the printed runs link's page lists the runs (the parent rows; children are folded under them)
-    for links, name in ((ft["mlflow_ui"], "curvzo sst2 s0 tiny:llama"),
-                        (cmp["mlflow_ui"], "compare mezo,mezo-copy on sst2 (tiny:llama)")):
-        dom = _chromium(links["runs"], "--window-size=1400,900", "--virtual-time-budget=15000", "--dump-dom").stdout
-        assert name in dom, f"{name!r} not on {links['runs']}"
-        assert "Run Name" in dom  # the runs table ("Model training" layout), not the GenAI traces overview
-    # the printed trials link: the sweep's trials alone, as rows, sorted by the objective
-    dom = _chromium(store["sw"]["mlflow_ui"]["trials"], "--window-size=1400,900", "--virtual-time-budget=15000",
-                    "--dump-dom").stdout
-    assert len(set(re.findall(r"t[0-2] lr=[^<]* mezo sst2", dom))) == 3 and "objective.best_dev_accuracy" in dom
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (Debian: apt-get install -y chromium; .ci/run installs it when run as "
+                    "root); the REST checks above still ran")
+    b = Browser()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def test_printed_links_in_a_real_browser_show_the_runs_and_drawn_charts_and_are_screenshotted(store, browser):
+    ft, cmp, sw, meta = store["ft"], store["cmp"], store["sw"], store["meta"]
+    base = store["base"]
     shots = Path(os.environ.get("ZO_UI_SHOTS") or store["root"] / "shots")
     shots.mkdir(parents=True, exist_ok=True)
-    pages = {"experiments": (f"{store['base']}/#/experiments", "1400,900"),
-             "finetune_runs": (ft["mlflow_ui"]["runs"], "1400,900"),
-             "finetune_run": (ft["mlflow_ui"]["run"], "1300,1500"),
-             "finetune_metrics": (ft["mlflow_ui"]["run"].replace("?", "/model-metrics?"), "1300,1300"),
-             "compare_runs": (cmp["mlflow_ui"]["runs"], "1400,900"),
-             "compare_parent": (cmp["mlflow_ui"]["run"], "1300,1500"),
-             "sweep_runs": (store["sw"]["mlflow_ui"]["runs"], "1400,900"),
-             "sweep_parent": (store["sw"]["mlflow_ui"]["run"], "1300,1500"),
-             "sweep_trials": (store["sw"]["mlflow_ui"]["trials"], "1400,900"),
-             "registry_version": (f"{store['base']}/#/models/{store['meta']['registered']['name']}/versions/"
-                                  f"{store['meta']['registered']['version']}", "1300,1100")}
-    for name, (url, size) in pages.items():
-        png = shots / f"{name}.png"
-        _chromium(url, f"--window-size={size}", "--virtual-time-budget=20000", f"--screenshot={png}")
-        assert png.is_file() and png.stat().st_size > 10_000, f"no screenshot of {url}"
+    reg = meta["registered"]
+    metrics_url = ft["mlflow_ui"]["run"].replace("?", "/model-metrics?")
+    trials = r"/t[0-2] lr=\S+ eps=\S+ mezo sst2/g"
+    # name -> (url, window, shown when): each page is screenshotted once what a person looks for is on it
+    pages = {
+        "experiments": (f"{base}/#/experiments", "1400,900", text_has("zo-finetune", "zo-compare")),
+        # the printed runs links list the runs (the parent rows; children are folded under them) in the runs
+        # table ("Model training" layout), not the GenAI traces overview
+        "finetune_runs": (ft["mlflow_ui"]["runs"], "1400,900", text_has("curvzo sst2 s0 tiny:llama", "Run Name")),
+        "finetune_run": (ft["mlflow_ui"]["run"], "1300,1500",
+                         text_has("curvzo sst2 s0 tiny:llama", "curvzo on sst2 (tiny:llama): 6 steps")),
+        "finetune_metrics": (metrics_url, "1300,1300", CHARTS_DRAWN),
+        "compare_runs": (cmp["mlflow_ui"]["runs"], "1400,900",
+                         text_has("compare mezo,mezo-copy on sst2 (tiny:llama)", "Run Name")),
+        "compare_parent": (cmp["mlflow_ui"]["run"], "1300,1500",
+                           text_has("compare mezo,mezo-copy on sst2 (tiny:llama)", "Test accuracy (%)")),
+        "sweep_runs": (sw["mlflow_ui"]["runs"], "1400,900", text_has("sweep mezo on sst2 (tiny:llama)")),
+        "sweep_parent": (sw["mlflow_ui"]["run"], "1300,1500",
+                         text_has("sweep mezo on sst2 (tiny:llama)", "rank", "best_dev_accuracy")),
+        # the printed trials link: the sweep's trials alone, as rows, with the objective column
+        "sweep_trials": (sw["mlflow_ui"]["trials"], "1400,900",
+                         f"new Set(document.body.innerText.match({trials}) || []).size === 3 && "
+                         + text_has("objective.best_dev_accuracy")),
+        "registry_version": (f"{base}/#/models/{reg['name']}/versions/{reg['version']}", "1300,1100",
+                             text_has("models:/zo-policy-tiny_llama@champion")),
+    }
+    run = _get(base, "runs/get", run_id=ft["mlflow_run_id"])["run"]
+    metric_names = {m["key"] for m in run["data"]["metrics"] if not m["key"].startswith("system/")}
+    for name, (url, size, ready) in pages.items():
+        page = browser.open(url, size, ready, name)
+        try:
+            png = shots / f"{name}.png"
+            if name == "finetune_metrics":  # its first screen's picture, then on through the charts
+                problems = charts_problems(drawn_charts(page, metric_names, name, png), metric_names, png)
+                assert not problems, f"{url}: " + "; ".join(problems)
+            else:
+                page.screenshot(png)
+        finally:
+            page.close()
         shrink_png(png)
     print(f"screenshots in {shots}", file=sys.stderr)

@@ -180,29 +180,56 @@ def _redact(uri: str) -> str:
     return re.sub(r"(://[^/:@]+):[^/@]+@", r"\1:***@", uri)
 
 
-def ui_base(tracking_uri: str) -> tuple[str | None, str | None]:
-    """(the MLflow UI's base URL, the command that starts it or None) for a tracking URI: an http(s) store is
-    its own UI; a local store (SQLite, ...) needs ``mlflow ui`` on it, served at ``$ZO_MLFLOW_UI`` or
-    http://127.0.0.1:5000. Databricks: (None, None)."""
+def check_ui_url(url: str, source: str = "--ui-url") -> str:
+    """``url`` as a UI base (``http(s)://host[:port][/prefix]``, no trailing slash), or :class:`ConfigError` naming
+    it (``source``: where it came from, e.g. ``$ZO_MLFLOW_UI``)."""
+    from ..errors import ConfigError
+
+    parsed = urllib.parse.urlsplit(url.strip())
+    try:
+        parsed.port  # noqa: B018 (raises on a bad port)
+        ok = parsed.scheme in ("http", "https") and bool(parsed.hostname) and not parsed.query and not parsed.fragment
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{source} {url!r} is not an MLflow UI address: give http(s)://HOST[:PORT], e.g. "
+                          f"http://127.0.0.1:5055 (where `mlflow ui --port 5055` serves)")
+    return url.strip().rstrip("/")
+
+
+def ui_base(tracking_uri: str, ui_url: str | None = None) -> tuple[str | None, str | None]:
+    """(the MLflow UI's base URL, the command that starts it or None) for a tracking URI.
+
+    The UI the user named wins: ``ui_url``, else ``$ZO_MLFLOW_UI`` (``zo ... --ui-url`` sets it), e.g.
+    http://127.0.0.1:5055 for ``mlflow ui --port 5055`` or a proxy in front of a server. Otherwise an http(s)
+    store is its own UI, and a local store (SQLite, ...) needs ``mlflow ui`` on it, at http://127.0.0.1:5000.
+    The start command (local stores only) serves on the named URL's port. Databricks: (None, None)."""
     scheme = tracking_uri.split("://", 1)[0].split("+", 1)[0].lower()
-    if scheme in ("http", "https"):
-        return tracking_uri.rstrip("/"), None
+    named = ui_url or os.environ.get("ZO_MLFLOW_UI") or None
     if scheme == "databricks":
         return None, None
-    base = os.environ.get("ZO_MLFLOW_UI", DEFAULT_UI).rstrip("/")
+    if scheme in ("http", "https"):
+        return (named or tracking_uri).rstrip("/"), None
+    base = (named or DEFAULT_UI).rstrip("/")
     exe = "mlflow" if shutil.which("mlflow") else f"{sys.executable} -m mlflow"
-    port = re.match(r"https?://(?:127\.0\.0\.1|localhost):(\d+)$", base)
     start = f"{exe} ui --backend-store-uri {_redact(tracking_uri)}"
-    if port and port.group(1) != "5000":
-        start += f" --port {port.group(1)}"
+    try:
+        parsed = urllib.parse.urlsplit(base)
+        port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme)
+    except ValueError:
+        port = None
+    if port and port != 5000:
+        start += f" --port {port}"
     return base, start
 
 
-def ui_links(tracking_uri: str, experiment_id: str | None, run_id: str | None = None) -> dict[str, str] | None:
+def ui_links(tracking_uri: str, experiment_id: str | None, run_id: str | None = None,
+             ui_url: str | None = None) -> dict[str, str] | None:
     """The MLflow UI pages of a run: ``runs`` (its experiment's runs table), ``run`` (its own page), and
     ``start_ui`` (the command that serves them, for a local store); both pages in the runs ("Model training")
-    layout. None when there is nothing to link (no experiment, Databricks)."""
-    base, start = ui_base(tracking_uri)
+    layout, at the UI :func:`ui_base` finds (``ui_url``/``$ZO_MLFLOW_UI`` when given). None when there is nothing
+    to link (no experiment, Databricks)."""
+    base, start = ui_base(tracking_uri, ui_url)
     if base is None or experiment_id is None:
         return None
     links = {"runs": f"{base}/#/experiments/{experiment_id}/runs?{RUNS_VIEW}"}
