@@ -90,9 +90,8 @@ def _read_peak(device: str) -> int:
 def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``"curvzo:init_budget=0.1:profile=port"`` -> ("curvzo", {"init_budget": 0.1, "profile": "port"}),
     validated against the method's config (a bad name or option raises ConfigError)."""
-    import yaml
-
     import zoplatform
+    from zoplatform.config import load_yaml
     from zoplatform.errors import ConfigError
 
     name, *items = spec.strip().split(":")
@@ -101,7 +100,7 @@ def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
         if "=" not in it:
             raise ConfigError(f"method option {it!r} in {spec!r} must look like KEY=VALUE")
         k, v = it.split("=", 1)
-        opts[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        opts[k.strip().replace("-", "_")] = load_yaml(v, f"method option {it!r} in {spec!r}")
     zoplatform.get_method(name)(**opts)  # validate now, before any model is loaded
     return name, opts
 

@@ -138,7 +138,7 @@ def packaged_spaces() -> list[str]:
 
 
 def _read(method_or_path: str) -> tuple[dict, str]:
-    import yaml
+    from zoplatform.config import load_yaml
 
     s = str(method_or_path)
     p = Path(s)
@@ -153,10 +153,7 @@ def _read(method_or_path: str) -> tuple[dict, str]:
             raise ConfigError(f"no packaged search space for method {s!r}; packaged: "
                               f"{', '.join(packaged_spaces())}; or pass a YAML file with --space")
         text, src = f.read_text(), f"{s}.yaml"
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"search space {src} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = load_yaml(text, f"search space {src}")  # one line on bad YAML or an alias bomb
     if not isinstance(data, dict):
         raise ConfigError(f"search space {src} must be a mapping with 'method' and 'params'")
     return data, src
