@@ -127,6 +127,21 @@ class FOStepper:
 
 
 FINITE_KEYS = ("train_loss", "projected_grad")  # a step output that must be finite, else the run diverged
+WEIGHT_BLOWUP = 1e3  # trained weights whose largest |value| grew past this × max(their start's, 1) have diverged
+
+
+def max_abs_weight(model) -> float:
+    """The largest |value| over the model's trainable parameters (NaN/inf when some value is not finite)."""
+    best = 0.0
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad and p.numel():
+                lo, hi = torch.aminmax(p.detach())
+                m = max(-float(lo), float(hi))
+                if not math.isfinite(m):
+                    return m
+                best = max(best, m)
+    return best
 
 
 @dataclass
@@ -167,8 +182,25 @@ def train(
 
     h = history or History()
     t0 = time.perf_counter() - h.wall_s
+    # Losses can stay finite while the weights blow up: a huge step can saturate the model so that every
+    # candidate scores the same (loss log C, estimate exactly 0, as CurvZO at lr 1e8 did), and nothing non-finite
+    # ever shows.  So the weights are checked at every evaluation (one pass over them, cheap next to the
+    # evaluation) against their size when this segment started.
+    model = getattr(scorer, "model", None)
+    start_max = max_abs_weight(model) if callable(getattr(model, "parameters", None)) else math.nan
+    checked = [start_step]  # the last step whose weights passed
+
+    def check_weights(step: int):
+        if not math.isfinite(start_max):
+            return
+        m = max_abs_weight(model)
+        if not math.isfinite(m) or m > WEIGHT_BLOWUP * max(start_max, 1.0):
+            raise Diverged(f"diverged at step {step}: the weights blew up after step {checked[0]} (largest |weight| "
+                           f"{m:.3g}, {start_max:.3g} at step {start_step}) while the losses stayed finite", step)
+        checked[0] = step
 
     def do_eval(step: int):
+        check_weights(step)
         r = evaluate(scorer, dev_set, eval_batch_size)
         if not math.isfinite(r.loss):  # a NaN model's argmax still "predicts": it must never be selected
             raise Diverged(f"diverged at step {step}: dev loss is {r.loss}", step)
@@ -210,6 +242,8 @@ def train(
                 break
     finally:
         bar.close()  # also on an exception, so its message starts a line of its own
+    if not dev_set:  # no evaluation checked the weights
+        check_weights(h.steps_done)
     h.wall_s = time.perf_counter() - t0
     return h
 
