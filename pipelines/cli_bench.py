@@ -67,8 +67,15 @@ def _int_list(text: str, what: str) -> list[int]:
 @friendly
 def bench_data_parallel(model, task, method, batch_size, steps, workers_, threads, data_dir, as_json):
     """Steps/s of 1 worker vs N data-parallel workers at the same global batch, bytes all-reduced per step."""
+    import zoplatform
     from pipelines.bench_scale import data_parallel
+    from zoplatform.data import get_task
+    from zoplatform.models import check_spec
 
+    # the runs are `zo finetune --workers N` subprocesses: a bad name would surface as a worker's failure
+    zoplatform.get_method(method)  # data-parallel runs are ZO runs ('fo' runs in one process)
+    get_task(task)
+    check_spec(model)
     out = data_parallel(model=model, task=task, method=method, batch_size=batch_size, steps=steps,
                         workers=_int_list(workers_, "workers"), threads=threads, data_dir=data_dir)
     emit_json(out) if as_json else click.echo(json.dumps(out, indent=1))
