@@ -239,8 +239,6 @@ def human_summary(out: dict[str, Any]) -> str:
                      f"[95% CI {100 * lo:+.1f}, {100 * hi:+.1f}] over {p['seeds']} seeds: {p['verdict']}")
     if out.get("importances_note"):
         lines.append(f"importances: not computed: {out['importances_note']}")
-    if out.get("error"):
-        lines.append(f"error: {out['error']}")
     lines.append(f"results: {out.get('results_md') or out['storage']}")
     links = out.get("mlflow_ui") or {}
     if "run" in links:
