@@ -209,6 +209,7 @@ def test_ctrl_c_stops_the_running_optuna_trials_and_they_resume(tmp_path, uri, m
     assert {c.data.tags["zo.trial"]: c.info.run_id for c in children} == first  # continued in the same runs
 
 
+@pytest.mark.slow
 def test_ray_asha_never_cuts_a_trial_at_its_last_evaluation(tmp_path, uri, ray_session):
     """ASHA's first rung at the whole budget (8 forward passes): before, a trial worse than the rung's median was
     stopped at its last evaluation, so it showed "stopped early" with no test accuracy after running all of it."""
