@@ -123,6 +123,7 @@ def start_server(tmp_path, port: int):
 
 
 @needs_data
+@pytest.mark.slow  # two real mlflow servers (their start-up is most of its time)
 def test_a_killed_tracking_server_stops_the_run_in_one_line_and_it_resumes_exactly(tmp_path, monkeypatch, capfd,
                                                                                     mlflow_template):
     import shutil
