@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -22,10 +23,19 @@ import torch
 from pydantic import Field, model_validator
 
 from zoplatform.config import StrictModel, read_mapping, validate
-from zoplatform.errors import ConfigError, Diverged
+from zoplatform.errors import ConfigError, DataError, Diverged
 from zoplatform.jsonio import write_json
 
-from .checkpoint import TRAJECTORY_FILE, OutDirLock, load_trajectory, read_state, resume_config, write_checkpoint
+from .checkpoint import (
+    STATE_FILE,
+    TRAJECTORY_FILE,
+    OutDirLock,
+    discard_stub,
+    load_trajectory,
+    read_state,
+    resume_config,
+    write_checkpoint,
+)
 from .sampling import SMALL_TRAIN_TASKS, sample_data, split_sizes  # noqa: F401  (re-exported)
 from .runinfo import (  # noqa: F401  (PREDICTIONS_FILE, save_predictions: re-exported for their callers)
     PREDICTIONS_FILE,
@@ -36,6 +46,7 @@ from .runinfo import (  # noqa: F401  (PREDICTIONS_FILE, save_predictions: re-ex
     method_report,
     plot_history,
     replica_hashes,
+    resume_command,
     run_note,
     run_params,
     save_predictions,
@@ -195,22 +206,35 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
         cfg = cfg.model_copy(update={"progress": False})
     # held for the run's life by the main worker: a second run on this out dir is refused
     with OutDirLock(out_dir) if w.is_main else contextlib.nullcontext():
-        saved = read_state(out_dir)
-        if not cfg.resume and saved is not None and not (out_dir / "summary.json").is_file():
-            done = saved.get("history", {}).get("steps_done", "?")
-            if saved.get("config", {}).get("method") in FO_METHODS:
+        if not cfg.resume and (out_dir / "summary.json").is_file():  # a finished (or diverged) run: never overwritten
+            raise ConfigError(f"out_dir {out_dir} holds a finished run ({out_dir / 'summary.json'}); a new run would "
+                              f"overwrite it: use another --out-dir, or delete it")
+        saved = read_state(out_dir)  # validated whole: a damaged state.json is one line naming the field
+        if cfg.resume and saved is None:
+            raise DataError(f"resume: {out_dir / STATE_FILE} does not exist: --resume continues the run whose "
+                            f"checkpoint is in --out-dir; check the path, or start a new run without --resume")
+        if not cfg.resume and saved is not None:
+            done = saved["history"]["steps_done"]
+            if saved["config"].get("method") in FO_METHODS:
                 raise ConfigError(f"out_dir {out_dir} holds an unfinished 'fo' run (step {done}), which keeps no "
                                   f"checkpoint: delete its state.json to run it again, or choose another --out-dir")
             raise ConfigError(f"out_dir {out_dir} holds an unfinished run's checkpoint (step {done}): continue it "
                               f"with --resume, or choose another --out-dir (a new run would overwrite it)")
         if cfg.resume and method is None:
             raise ConfigError("resume is supported for ZO methods (their trajectory is the checkpoint), not for 'fo'")
+        # the checkpoint's trajectory, cross-checked against the state before any work (a torn last line: one warning)
+        resumed = load_trajectory(out_dir, saved, warn=w.is_main) if cfg.resume and saved["history"]["steps_done"] \
+            else None
         finished = False
         try:
             result = _run(cfg, requested, task, method, splits, out_dir, saved if cfg.resume else None, tracker,
-                          on_eval, should_stop, t_start, w)
+                          on_eval, should_stop, t_start, w, resumed)
             finished = True
             return result
+        except Exception:
+            if w.is_main and not cfg.resume:  # failed before its first evaluation: leave nothing that blocks a retry
+                discard_stub(out_dir)
+            raise
         finally:
             if w.size > 1:
                 leave_world(finished)
@@ -229,7 +253,8 @@ def leave_world(finished: bool) -> None:
     dist.destroy_process_group()
 
 
-def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval, should_stop, t_start, w):
+def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval, should_stop, t_start, w,
+         resumed=None):
     import zoplatform
     from zoplatform.loop import (
         FOStepper,
@@ -273,6 +298,8 @@ def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval,
     summary: dict[str, Any] = {"model": cfg.model, "task": cfg.task, "method": cfg.method, "seed": cfg.seed,
                                "steps": cfg.steps, "num_train": len(splits.train), "num_dev": len(splits.dev),
                                "num_test": len(splits.test), "precision": precision, "out_dir": str(out_dir)}
+    if splits.note:  # e.g. num_train capped to the split's size, or a test set smaller than num_test
+        summary["data_note"] = splits.note
     if links:
         summary["mlflow_ui"] = links
     if saved and saved.get("zero_shot_test_accuracy") is not None:
@@ -293,14 +320,20 @@ def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval,
     if saved is None:
         checkpoint()  # from here on a resume reopens this MLflow run, even if nothing was trained yet
 
-    def interrupted() -> str:
+    def interrupted() -> str:  # the command reproduces how the run ran (--workers, --threads, --no-tracking)
         if history.steps_done == 0:
-            return "interrupted (SIGINT/SIGTERM) before the first step; zo finetune --resume --out-dir " \
-                   f"{out_dir} starts it again in this run"
-        return f"interrupted (SIGINT/SIGTERM) at step {history.steps_done}; continue with: zo finetune --resume " \
-               f"--out-dir {out_dir}"
+            return f"interrupted (SIGINT/SIGTERM) before the first step; {resume_command(cfg, out_dir)} starts it " \
+                   f"again in this run"
+        return f"interrupted (SIGINT/SIGTERM) at step {history.steps_done}; continue with: " \
+               f"{resume_command(cfg, out_dir)}"
 
-    with ending(tracker, interrupted, on_interrupt=lambda: opt is not None and checkpoint()) as outcome:
+    def on_interrupt():
+        if opt is not None:
+            checkpoint()
+        if w.is_main and own_tracker:  # also on stderr (a sweep's trial, given its tracker, says its sweep's)
+            print(interrupted(), file=sys.stderr, flush=True)
+
+    with ending(tracker, interrupted, on_interrupt=on_interrupt) as outcome:
         # 3. model and objective -------------------------------------------
         protocol = cfg.protocol or default_protocol(cfg.model)
         lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha} if cfg.lora else None
@@ -346,7 +379,7 @@ def _run(cfg, requested, task, method, splits, out_dir, saved, tracker, on_eval,
         if saved is not None:  # resume: the history so far, then replay the trajectory
             history = history_from(saved["history"])
             resumed_wall, start = history.wall_s, history.steps_done
-            traj = load_trajectory(out_dir, saved) if start > 0 else opt.trajectory
+            traj = resumed if start > 0 else opt.trajectory  # loaded and cross-checked by run()
             if traj.layout != layout_digest(opt.blocks) or traj.method != cfg.method:
                 raise ConfigError(f"{traj_path} was written for another method, parameter layout or precision; "
                                   f"start a new out_dir instead of resume")

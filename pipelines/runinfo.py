@@ -20,6 +20,22 @@ UNLOGGED = {"progress", "tracking", "resume", "tracking_uri", "experiment", "run
             "lr", "eps", "direction", "weight_decay", "method_options"}
 
 
+def resume_command(cfg: FinetuneConfig, out_dir) -> str:
+    """The command that continues an interrupted run: ``zo finetune --resume --out-dir DIR`` and the options that
+    say how it ran (``--workers``: the launcher starts the worker processes before the stored config is read;
+    ``--threads``; ``--no-tracking``), so that running it as printed resumes that run the way it ran."""
+    import shlex
+
+    parts = ["zo finetune --resume --out-dir", shlex.quote(str(out_dir))]
+    if cfg.workers > 1:
+        parts.append(f"--workers {cfg.workers}")
+    if cfg.threads is not None:
+        parts.append(f"--threads {cfg.threads}")
+    if not cfg.tracking:
+        parts.append("--no-tracking")
+    return " ".join(parts)
+
+
 def model_short_name(model: str) -> str:
     """``HuggingFaceTB/SmolLM2-135M`` -> ``SmolLM2-135M``; packaged names and ``tiny:*`` unchanged."""
     return model.rstrip("/").rsplit("/", 1)[-1] or model

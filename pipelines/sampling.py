@@ -2,6 +2,9 @@
 depend on it (split out of :mod:`pipelines.finetune`, which re-exports these names)."""
 from __future__ import annotations
 
+import dataclasses
+import os
+import sys
 from typing import TYPE_CHECKING
 
 from zoplatform.errors import ConfigError
@@ -35,6 +38,15 @@ def sample_data(cfg: FinetuneConfig, data_dir):
     num_train, num_dev = split_sizes(cfg.task, data_dir, cfg.num_train, cfg.num_dev)
     splits = sample_splits(cfg.task, data_dir=data_dir, num_train=num_train, num_dev=num_dev,
                            num_test=cfg.num_test, seed=cfg.seed)
+    capped = [f"{k}={want} (the run uses {got})" for k, want, got in
+              [("num_train", cfg.num_train, len(splits.train)), ("num_dev", cfg.num_dev, len(splits.dev))]
+              if want is not None and got < want]
+    if capped:  # said, never silent: printed once, and recorded as the run's data_note (summary, MLflow tag)
+        note = (f"{cfg.task}: requested {' and '.join(capped)}: its train split holds fewer examples "
+                f"(train and dev are sampled from it)")
+        splits = dataclasses.replace(splits, note="; ".join(x for x in (note, splits.note) if x))
+        if os.environ.get("RANK", "0") == "0":  # one line, from the main worker only
+            print(f"note: {note}", file=sys.stderr, flush=True)
     if cfg.steps > 0 and cfg.batch_size > len(splits.train):
         raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {len(splits.train)} train examples of "
                           f"{cfg.task}; allowed: 1..{len(splits.train)}")
