@@ -134,7 +134,8 @@ def _consistent(path: Path, st: StateFile) -> None:
     steps = [e.step for e in h.evals]
     if steps != sorted(set(steps)) or (steps and steps[-1] > done):
         raise _damaged(path, f"history.evals steps {steps} must increase and be at most steps_done={done}")
-    if any(b.forwards < a.forwards for a, b in zip(h.evals, h.evals[1:])) or (h.evals and h.evals[-1].forwards > h.forwards):
+    fwd = [e.forwards for e in h.evals]
+    if fwd != sorted(fwd) or (fwd and fwd[-1] > h.forwards):
         raise _damaged(path, f"history.evals forwards must not decrease nor exceed history.forwards={h.forwards}")
     if done == 0 and h.forwards != 0:
         raise _damaged(path, f"history.forwards={h.forwards} but no step was done")

@@ -249,3 +249,13 @@ def test_a_capped_num_train_is_said_and_recorded(tmp_path, capsys):
     assert s["num_train"] < 10_000_000
     note = f"sst2: requested num_train=10000000 (the run uses {s['num_train']})"
     assert f"note: {note}" in err and s["data_note"].startswith(note)
+
+
+def test_resume_accepts_the_stored_precision_in_another_spelling():
+    from pipelines.checkpoint import resume_config
+
+    stored = {"config": FinetuneConfig(model="tiny:llama", dtype="bfloat16", out_dir="x").model_dump()}
+    same = resume_config(load_config(None, {"resume": True, "out_dir": "x", "precision": "bf16-true"}), stored)
+    assert (same.dtype, same.precision, same.model) == ("bfloat16", None, "tiny:llama")
+    with pytest.raises(ConfigError, match=r"precision='fp16-true' differs .*\(resolved: 'bf16-true'\)"):
+        resume_config(load_config(None, {"resume": True, "out_dir": "x", "precision": "fp16-true"}), stored)
