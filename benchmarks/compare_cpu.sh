@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README "Results" section on the project's machine class: 2 CPU cores, no GPU.
+# Reproduces the "Results" block of docs/evidence.md on the project's machine class: 2 CPU cores, no GPU.
 # SmolLM2-135M (packaged), prompt protocol, all parameters; SST-2, RTE, CB; 2 seeds; 600 forward passes per run
 # (300 steps of a two-point method, 100 of LOREN with K=6) on SST-2 and RTE, 200 on CB (long inputs, reduced),
 # batch 16, 1000 train / 200 dev / all test examples (CB: 150 / 100 / 56, its train split has 250).
@@ -28,4 +28,4 @@ fi
   --tasks sst2,rte,cb --seeds 2 --forward-budget 600 --task-budget cb=200 --eval-points 6 --num-dev 200 \
   --num-test 872 \
   --configs benchmarks/compare_cpu.yaml --backend ray --resources cpu=1 \
-  --out benchmarks/out/matrix --tracking-uri "$URI" --update-readme README.md "$@"
+  --out benchmarks/out/matrix --tracking-uri "$URI" --update-readme docs/evidence.md "$@"
