@@ -411,8 +411,9 @@ def meta_train(config_file, as_json, preset, **opts):
 @click.option("--head-init", help="head protocol: random (default) or probe (linear-probe the head first)")
 @click.option("--precision", help="every run's precision: fp32 | bf16-mixed | fp16-mixed | bf16-true | fp16-true "
                                   "(a --configs label's own precision overrides it)")
-@click.option("--update-readme", help="replace the Results block of this README with the report")
-@click.option("--readme-block", help="which generated README block --update-readme replaces: NAME in "
+@click.option("--update-readme", help="replace the Results block of this Markdown file (e.g. docs/evidence.md) "
+                                       "with the report")
+@click.option("--readme-block", help="which generated block --update-readme replaces: NAME in "
                                      "<!-- NAME:start --> ... <!-- NAME:end --> (default results)")
 @click.option("--report-only", is_flag=True, default=None, help="report the runs already finished under --out, run nothing")
 @click.option("--json", "as_json", is_flag=True, help="print a one-line JSON summary last")

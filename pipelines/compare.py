@@ -109,7 +109,8 @@ class CompareConfig(StrictModel):
     tracking_uri: str | None = None
     experiment: str = "zo-compare"
     out: str = "compare"
-    update_readme: str | None = Field(None, description="README whose Results section is replaced")
+    update_readme: str | None = Field(None, description="Markdown file (e.g. docs/evidence.md) whose "
+                                         "Results block is replaced")
     readme_block: str = Field("results", pattern=r"^[a-z0-9-]+$", description="name of the README block "
                               "replaced: <!-- NAME:start --> ... <!-- NAME:end -->")
     report_only: bool = Field(False, description="report the finished runs, run nothing")

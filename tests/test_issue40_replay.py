@@ -54,7 +54,7 @@ def test_replay_of_a_lora_trajectory_onto_the_base_is_refused_and_changes_nothin
     before = _state(base)
     blocks = model_blocks(base)
     method = zoplatform.make(traj.method, **traj.config)
-    with pytest.raises(ConfigError) as e:  # the README's snippet: the Trajectory itself is passed
+    with pytest.raises(ConfigError) as e:  # the docs' snippet (docs/hf-trainer.md): the Trajectory itself is passed
         zoplatform.replay(method, blocks, traj)
     msg = str(e.value)
     assert "\n" not in msg
