@@ -122,14 +122,14 @@ ui_url_option = click.option(
 
 
 def parse_kv(items) -> dict:
-    import yaml
+    from zoplatform.config import load_yaml
 
     out = {}
     for it in items:
         if "=" not in it:
             raise ZOError(f"--option {it!r} must look like KEY=VALUE")
         k, v = it.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        out[k.strip().replace("-", "_")] = load_yaml(v, f"the value of {it.split('=', 1)[0]!r}")
     return out
 
 
@@ -146,6 +146,10 @@ def finetune(config_file, as_json, method_option, **opts):
     cfg = load_config(config_file, opts)
     from pipelines.launch import launch, under_launcher
 
+    if cfg.resume and "workers" not in cfg.model_fields_set and not under_launcher():
+        from pipelines.checkpoint import read_state, resume_config  # the stored run's --workers launches it again
+
+        cfg = resume_config(cfg, read_state(Path(cfg.out_dir)))
     if cfg.workers > 1 and not under_launcher():  # validated above; now N workers through torchrun
         sys.exit(launch(sys.argv[1:], cfg.workers, cfg.threads, cfg.out_dir))
     summary = run(cfg)

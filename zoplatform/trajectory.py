@@ -149,6 +149,8 @@ class Trajectory:
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: not a zoplatform trajectory (not UTF-8 text: byte {e.start} is "
                             f"{e.object[e.start:e.start + 1]!r}); expected a {FORMAT} JSON-lines file") from None
+        while lines and not lines[-1].strip():  # blank lines at the end (an editor's newline) are not torn records
+            lines.pop()
         try:
             head = json.loads(lines[0]) if lines else {}
         except json.JSONDecodeError:
