@@ -133,6 +133,22 @@ def parse_kv(items) -> dict:
     return out
 
 
+def check_unfinished(out_dir: Path) -> None:
+    """``zo finetune --resume`` of a run that finished has nothing to continue: one line, instead of testing it
+    again and rewriting its summary.  (Sweeps and compares reuse a finished run by reading its summary.)"""
+    from zoplatform.errors import ConfigError
+
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(summary, dict) and summary.get("status") == "finished":
+        acc = summary.get("test_accuracy")
+        raise ConfigError(f"out_dir {out_dir} holds a finished run (test accuracy {acc}, {out_dir / 'summary.json'}): "
+                          f"nothing to resume; zo eval --trajectory {out_dir / 'trajectory.jsonl'} evaluates it "
+                          f"again, and a new run needs another --out-dir")
+
+
 @main.command()
 @finetune_options
 @ui_url_option
@@ -150,6 +166,8 @@ def finetune(config_file, as_json, method_option, **opts):
         from pipelines.checkpoint import read_state, resume_config  # the stored run's --workers launches it again
 
         cfg = resume_config(cfg, read_state(Path(cfg.out_dir)))
+    if cfg.resume and not under_launcher():
+        check_unfinished(Path(cfg.out_dir))
     if cfg.workers > 1 and not under_launcher():  # validated above; now N workers through torchrun
         sys.exit(launch(sys.argv[1:], cfg.workers, cfg.threads, cfg.out_dir))
     summary = run(cfg)

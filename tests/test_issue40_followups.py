@@ -47,3 +47,14 @@ def test_resume_of_a_workers_run_relaunches_its_workers(ckpt, monkeypatch):
     res = CliRunner().invoke(cli, ["finetune", "--resume", "--out-dir", str(ckpt)])
     assert launched == [2], res.output  # before: no launch, then "workers=2 but this is a world of 1 process(es)"
     assert res.exit_code == 0
+
+
+@needs_data
+def test_resume_of_a_finished_run_is_one_line_and_rewrites_nothing(ckpt):
+    done = CliRunner().invoke(cli, ["finetune", "--resume", "--out-dir", str(ckpt)])
+    assert done.exit_code == 0, done.output
+    before = (ckpt / "summary.json").read_bytes()
+    res = CliRunner().invoke(cli, ["finetune", "--resume", "--out-dir", str(ckpt)])
+    line = one_line_error(res)  # before: exit 0, the test set evaluated again and summary.json rewritten
+    assert "holds a finished run" in line and "nothing to resume" in line
+    assert (ckpt / "summary.json").read_bytes() == before
