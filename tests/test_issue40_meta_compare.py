@@ -14,13 +14,8 @@ from click.testing import CliRunner
 
 import zoplatform
 from pipelines.cli import main as cli
-from zoplatform.data import resolve_data_dir
+from tests.conftest import DATA, needs_data
 
-try:
-    DATA = resolve_data_dir(None)
-except zoplatform.ZOError:  # pragma: no cover
-    DATA = None
-needs_data = pytest.mark.skipif(DATA is None, reason="../shared/data not found")
 
 TINY_META = ["meta-train", "--model", "tiny:llama", "--tasks", "copa", "--epochs", "2", "--restart", "1",
              "--steps-per-epoch", "2", "--num-train", "16", "--num-dev", "8", "--batch-size", "4",

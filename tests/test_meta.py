@@ -23,7 +23,8 @@ from meta.metatrain import (
 )
 from meta.policy import PerturbationPolicy, ScalePolicy, load_any
 from meta.registry import register_policy, registered_name, resolve_policy
-from zoplatform.data import resolve_data_dir, sample_splits
+from tests.conftest import DATA, needs_data
+from zoplatform.data import sample_splits
 from zoplatform.errors import ConfigError
 from zoplatform.models import load_model
 from zoplatform.objectives import make_scorer
@@ -36,12 +37,6 @@ from zoplatform.policy import (
     policy_features,
     policy_sigma,
 )
-
-try:
-    DATA = resolve_data_dir(None)
-except zoplatform.ZOError:  # pragma: no cover
-    DATA = None
-needs_data = pytest.mark.skipif(DATA is None, reason="../shared/data not found")
 
 
 def tiny_setup(seed=0):
