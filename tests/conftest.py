@@ -46,17 +46,19 @@ needs_data = pytest.mark.data
 real_data = pytest.mark.real_data
 _REAL_DATA_SKIP = "needs the real task data (ZO_DATA_DIR or ../shared/data), not the in-repo fixture"
 _data_counts = {"ran": 0, "skipped": 0}
+_data_tests: set[str] = set()  # node ids marked data or real_data
 
 
 def pytest_collection_modifyitems(config, items):
-    if ON_FIXTURE:
-        for item in items:
-            if item.get_closest_marker("real_data"):
-                item.add_marker(pytest.mark.skip(reason=_REAL_DATA_SKIP))
+    for item in items:
+        if item.get_closest_marker("data") or item.get_closest_marker("real_data"):
+            _data_tests.add(item.nodeid)
+        if ON_FIXTURE and item.get_closest_marker("real_data"):
+            item.add_marker(pytest.mark.skip(reason=_REAL_DATA_SKIP))
 
 
 def pytest_runtest_logreport(report):
-    if "data" not in report.keywords and "real_data" not in report.keywords:
+    if report.nodeid not in _data_tests:
         return
     if report.when == "call" and not report.skipped:
         _data_counts["ran"] += 1
