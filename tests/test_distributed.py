@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import zoplatform
-from tests.conftest import DATA, needs_data
+from tests.conftest import needs_data
 from zoplatform.distributed import shard_bounds
 
 ROOT = Path(__file__).resolve().parents[1]

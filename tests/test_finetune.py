@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import zoplatform
 from pipelines.cli import main as cli
 from pipelines.finetune import load_config, run
-from tests.conftest import DATA, mlflow_server, needs_data
+from tests.conftest import mlflow_server, needs_data
 from zoplatform.errors import ConfigError
 from zoplatform.loop import ZOStepper
 

@@ -7,8 +7,6 @@ import importlib.util
 import re
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import DATA, ON_FIXTURE, real_data
 from zoplatform.data import FIXTURE_DIR, TASKS, load_split, sample_splits
 

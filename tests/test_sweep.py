@@ -12,8 +12,7 @@ from click.testing import CliRunner
 import zoplatform
 from pipelines import raytools
 from pipelines.cli import main as cli
-from tests.conftest import DATA, mlflow_server, needs_data
-from zoplatform.data import resolve_data_dir
+from tests.conftest import mlflow_server, needs_data
 
 pytestmark = needs_data  # reads task data: the real files when found, else the in-repo fixture
 

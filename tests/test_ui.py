@@ -33,7 +33,6 @@ from pathlib import Path
 
 import pytest
 
-import zoplatform
 from tests.conftest import DATA, needs_data, wait_healthy
 
 pytestmark = [pytest.mark.ui, needs_data]  # every test reads the store built from task data
