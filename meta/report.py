@@ -188,7 +188,7 @@ def write_policy_report(policy, blocks: Sequence[Block], base: Sequence[torch.Te
     ax.set(ylabel="geometric mean of c·sigma_b", title="per block type")
     ax.legend(fontsize=8)
     ax = fig.add_subplot(gs[2, 1])
-    if metaval:
+    if metaval and any(p > 0 for p in pe):
         types = [block_type(nm) for nm in names]
         for t in ts:
             idx = [i for i, y in enumerate(types) if y == t and pe[i] > 0]  # P̂ < 0: no signal, not drawn
@@ -198,8 +198,10 @@ def write_policy_report(policy, blocks: Sequence[Block], base: Sequence[torch.Te
         ax.set(xlabel="held-out gradient energy per element P_b/n_b (per-task normalised)",
                ylabel="meta-trained c·sigma_b", title="scale vs where the gradient is")
         ax.legend(fontsize=6, ncol=2)
-    else:
-        ax.text(0.5, 0.5, "no meta-validation batches (num_dev = 0)", ha="center", va="center")
+    else:  # nothing to draw on log axes (matplotlib fails on empty ones)
+        why = ("no block has a positive held-out gradient energy (P_b <= 0 everywhere: no signal)" if metaval
+               else "no meta-validation batches (num_dev = 0)")
+        ax.text(0.5, 0.5, why, ha="center", va="center")
         ax.set_axis_off()
     fig.suptitle(f"What the ZO Fine-tuner policy learned{' — ' + title if title else ''}")
     fig.tight_layout()

@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 [ "${ZO_SKIP_SETUP:-0}" = 1 ] || bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
+# shellcheck source=scripts/data_fallback.sh
+. scripts/data_fallback.sh "$@"  # no task data found: the in-repo sample, with a note
 METHOD=${METHOD:-curvzo}
 MODEL=${MODEL:-smollm2-135m}
 CPUS=$(python -c "import os; print(max(1, len(os.sched_getaffinity(0)) // 2))")

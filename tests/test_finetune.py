@@ -14,16 +14,10 @@ from click.testing import CliRunner
 import zoplatform
 from pipelines.cli import main as cli
 from pipelines.finetune import load_config, run
-from tests.conftest import mlflow_server
-from zoplatform.data import resolve_data_dir
+from tests.conftest import mlflow_server, needs_data
 from zoplatform.errors import ConfigError
 from zoplatform.loop import ZOStepper
 
-try:
-    DATA = resolve_data_dir(None)
-except zoplatform.ZOError:  # pragma: no cover
-    DATA = None
-needs_data = pytest.mark.skipif(DATA is None, reason="../shared/data not found")
 
 TINY = dict(model="tiny:llama", task="sst2", num_train=48, num_dev=16, num_test=24, batch_size=8, eval_every=5,
             lr=1e-3, eps=1e-2, progress=False)

@@ -14,13 +14,8 @@ from click.testing import CliRunner
 
 import zoplatform
 from pipelines.cli import main as cli
-from zoplatform.data import resolve_data_dir
+from tests.conftest import DATA, needs_data
 
-try:
-    DATA = resolve_data_dir(None)
-except zoplatform.ZOError:  # pragma: no cover
-    DATA = None
-needs_data = pytest.mark.skipif(DATA is None, reason="../shared/data not found")
 
 TINY_META = ["meta-train", "--model", "tiny:llama", "--tasks", "copa", "--epochs", "2", "--restart", "1",
              "--steps-per-epoch", "2", "--num-train", "16", "--num-dev", "8", "--batch-size", "4",
@@ -132,9 +127,12 @@ def test_select_best_keeps_an_epoch_that_beats_the_initial_policy(tmp_path, monk
     (["--batch-size", "100000"], "batch_size=100000 is invalid"),
     (["--batch-size", "20"], "batch_size=20 exceeds the 16 train examples of copa; allowed: 2..16"),
     (["--tasks", "trec,copa", "--num-train", "1000", "--batch-size", "500"],  # the smallest sample is named
-     "batch_size=500 exceeds the 392 train examples of copa; allowed: 2..392"),
+     "batch_size=500 exceeds the {copa} train examples of copa; allowed: 2..{copa}"),  # 400 - 8 on the real data
 ])
 def test_meta_train_refuses_a_batch_larger_than_the_sample_before_loading(monkeypatch, tmp_path, args, msg):
+    from zoplatform.data import load_split
+
+    msg = msg.format(copa=len(load_split("copa", "train", DATA)) - 8)  # all of COPA's train split but --num-dev 8
     no_model_load(monkeypatch)
     base = [a for a in TINY_META if a != "--json"]
     i = base.index("--batch-size")

@@ -15,9 +15,10 @@ from click.testing import CliRunner
 
 from pipelines import raytools
 from pipelines.cli import main as cli
-from tests.test_sweep import DATA, TINY, no_ray_here, once_at, runs_of, sweep
+from tests.conftest import needs_data
+from tests.test_sweep import TINY, no_ray_here, once_at, runs_of, sweep
 
-pytestmark = pytest.mark.skipif(DATA is None, reason="../shared/data not found")
+pytestmark = needs_data  # reads task data: the real files when found, else the in-repo fixture
 
 OPTUNA = ["--backend", "optuna", "--max-concurrent", "1"]
 

@@ -12,14 +12,9 @@ from click.testing import CliRunner
 import zoplatform
 from pipelines import raytools
 from pipelines.cli import main as cli
-from tests.conftest import mlflow_server
-from zoplatform.data import resolve_data_dir
+from tests.conftest import mlflow_server, needs_data
 
-try:
-    DATA = resolve_data_dir(None)
-except zoplatform.ZOError:  # pragma: no cover
-    DATA = None
-pytestmark = pytest.mark.skipif(DATA is None, reason="../shared/data not found")
+pytestmark = needs_data  # reads task data: the real files when found, else the in-repo fixture
 
 TINY = ["--model", "tiny:llama", "--task", "sst2", "--method", "mezo", "--steps", "4", "--eval-every", "2",
         "--num-train", "16", "--num-dev", "8", "--num-test", "8", "--batch-size", "4"]

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from pipelines import raytools
-from tests.test_sweep import DATA, no_ray_here, runs_of, sweep
-
-needs_data = pytest.mark.skipif(DATA is None, reason="../shared/data not found")
+from tests.conftest import needs_data
+from tests.test_sweep import no_ray_here, runs_of, sweep
 
 
 @needs_data

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import DATA, needs_data, real_data
 from zoplatform.data import HUB, TASKS, Task, get_task, load_split, loading, resolve_data_dir, sample_splits
 from zoplatform.data.tasks import holdout_rows
 from zoplatform.errors import ConfigError, DataError, ZOError
@@ -16,10 +17,10 @@ from zoplatform.errors import ConfigError, DataError, ZOError
 
 @pytest.fixture(scope="module")
 def data_dir() -> Path:
-    try:
-        return resolve_data_dir(None)
-    except DataError as exc:
-        pytest.skip(f"real task data not found ({exc})")
+    """The task files (tests/conftest.py): the real ones when found, else the in-repo fixture.  A test checking
+    exact real-data numbers is ``@real_data`` (skipped, and counted, on the fixture); the prompt tests on a
+    file's first row are ``@needs_data`` (the fixture keeps every file's first row)."""
+    return DATA
 
 
 @pytest.fixture
@@ -85,6 +86,7 @@ TRAIN_LABELS = {
 }
 
 
+@real_data
 @pytest.mark.parametrize("name", sorted(SIZES))
 def test_every_task_loads_both_splits(data_dir, name):
     task = TASKS[name]
@@ -104,6 +106,7 @@ def test_every_task_loads_both_splits(data_dir, name):
             assert Counter(e.candidates[e.label] for e in ex) == TRAIN_LABELS[name]
 
 
+@real_data
 def test_load_returns_fresh_lists(data_dir):
     a = load_split("rte", "validation", data_dir)
     a.clear()
@@ -112,6 +115,7 @@ def test_load_returns_fresh_lists(data_dir):
 
 # --- exact prompts (MeZO's OPT templates) ---------------------------------------------
 
+@needs_data  # the fixture keeps each file's first row
 def test_sst2_prompt(data_dir):
     e = load_split("sst2", "validation", data_dir)[0]
     assert e.prompt == "it 's a charming and often affecting journey . It was"  # GLUE's trailing space stripped
@@ -119,6 +123,7 @@ def test_sst2_prompt(data_dir):
     assert e.text == "it 's a charming and often affecting journey ." and e.uid == "sst2:validation:0"
 
 
+@needs_data  # the fixture keeps each file's first row
 def test_rte_prompt(data_dir):
     e = load_split("rte", "validation", data_dir)[0]
     assert e.prompt == (
@@ -130,6 +135,7 @@ def test_rte_prompt(data_dir):
     assert e.text_pair == "Christopher Reeve had an accident."
 
 
+@real_data
 def test_cb_prompt(data_dir):
     ex = load_split("cb", "validation", data_dir)
     assert ex[0].prompt == (
@@ -141,6 +147,7 @@ def test_cb_prompt(data_dir):
     assert (ex[0].label, ex[1].label) == (1, 2)  # contradiction -> No, neutral -> Maybe
 
 
+@real_data
 def test_copa_prompts(data_dir):
     ex = load_split("copa", "validation", data_dir)
     assert ex[0].prompt == "The man turned on the faucet so "
@@ -157,6 +164,7 @@ def test_copa_prompts(data_dir):
     assert cause.candidates == ("the cook froze it.", "the cook grilled it.")
 
 
+@needs_data  # the fixture keeps each file's first row
 def test_boolq_prompt(data_dir):
     raw = json.loads((data_dir / "boolq/val.jsonl").open().readline())
     e = load_split("boolq", "validation", data_dir)[0]
@@ -166,6 +174,7 @@ def test_boolq_prompt(data_dir):
     assert (e.text, e.text_pair) == (raw["passage"], "does ethanol take more energy make that produces")
 
 
+@needs_data  # the fixture keeps each file's first row
 def test_wic_prompt(data_dir):
     e = load_split("wic", "validation", data_dir)[0]
     assert e.prompt == (
@@ -176,6 +185,7 @@ def test_wic_prompt(data_dir):
     assert e.candidates == ("No", "Yes") and e.label == 0
 
 
+@real_data
 def test_wsc_prompts(data_dir):
     ex = load_split("wsc", "validation", data_dir)
     assert ex[2].prompt == (
@@ -187,6 +197,7 @@ def test_wsc_prompts(data_dir):
     assert ex[9].prompt.endswith("does the pronoun \"he\" refer to The customer? Yes or No?\n")  # span2 lower-cased
 
 
+@needs_data  # the fixture keeps each file's first row
 def test_multirc_one_example_per_answer(data_dir):
     ex = load_split("multirc", "validation", data_dir)
     first = [e for e in ex if e.uid.startswith("multirc:validation:0.")]
@@ -199,6 +210,7 @@ def test_multirc_one_example_per_answer(data_dir):
     assert [e.label for e in first[:4]] == [0, 1, 1, 0] and first[0].candidates == ("No", "Yes")
 
 
+@real_data
 def test_sst5_and_trec_prompts(data_dir):
     e = load_split("sst5", "validation", data_dir)[0]
     assert e.prompt == "no movement , no yuks , not much of anything . It was"
@@ -217,6 +229,7 @@ def _uids(xs):
     return [e.uid for e in xs]
 
 
+@real_data
 def test_sampling_deterministic_and_disjoint(data_dir):
     a = sample_splits("sst2", data_dir, seed=0)
     b = sample_splits("sst2", data_dir, seed=0)
@@ -232,6 +245,7 @@ def test_sampling_deterministic_and_disjoint(data_dir):
     assert a.train[0].uid == "sst2:train:43787"
 
 
+@real_data
 def test_dev_is_the_tail_of_one_sample(data_dir):
     # train+dev is one seeded prefix; dev is its last num_dev rows (MeZO: train_samples[-num_dev:])
     a = sample_splits("rte", data_dir, num_train=1000, num_dev=500, seed=3)
@@ -240,6 +254,7 @@ def test_dev_is_the_tail_of_one_sample(data_dir):
     assert len(a.test) == 277 and len(set(_uids(a.test))) == 277
 
 
+@real_data
 def test_small_train_sets_raise(data_dir):
     with pytest.raises(DataError, match=r"cb: num_train \+ num_dev = 1000 \+ 500 = 1500 exceeds the 250"):
         sample_splits("cb", data_dir)
@@ -251,6 +266,7 @@ def test_small_train_sets_raise(data_dir):
         sample_splits("cb", data_dir, num_dev=-1)
 
 
+@real_data
 def test_boolq_carved_from_validation(data_dir):
     s = sample_splits("boolq", data_dir)
     tr, dv, te = set(_uids(s.train)), set(_uids(s.dev)), set(_uids(s.test))
@@ -289,6 +305,7 @@ def _words(xs):
     return Counter(e.candidates[e.label] for e in xs)
 
 
+@real_data
 @pytest.mark.parametrize("name", sorted(POOLS))
 def test_single_pool_split(data_dir, name):
     rel, rows, held, labels, test_labels, _ = POOLS[name]
@@ -308,6 +325,7 @@ def test_single_pool_split(data_dir, name):
         assert e.candidates == tuple(labels)
 
 
+@real_data
 @pytest.mark.parametrize("name", sorted(POOLS))
 def test_single_pool_sampling(data_dir, name):
     from pipelines.finetune import split_sizes
@@ -332,6 +350,7 @@ def test_single_pool_sampling(data_dir, name):
         sample_splits(name, data_dir, num_train=len(pool), num_dev=1)
 
 
+@real_data
 def test_single_pool_prompts(data_dir):
     def by_row(name):
         ex = load_split(name, "train", data_dir) + load_split(name, "validation", data_dir)
@@ -353,6 +372,7 @@ def test_single_pool_prompts(data_dir):
     assert (mpqa.prompt, mpqa.candidates[mpqa.label]) == ("complaining It was", " terrible")
 
 
+@real_data
 def test_mr_subj_decode_windows_1252(data_dir, tmp_data):
     raw = (data_dir / "mr/rt-polarity.all").read_bytes().split(b"\n")
     ex = {int(e.uid.rsplit(":", 1)[1]): e

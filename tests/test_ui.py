@@ -33,16 +33,10 @@ from pathlib import Path
 
 import pytest
 
-import zoplatform
-from tests.conftest import wait_healthy
-from zoplatform.data import resolve_data_dir
+from tests.conftest import DATA, needs_data, wait_healthy
 
-pytestmark = pytest.mark.ui
+pytestmark = [pytest.mark.ui, needs_data]  # every test reads the store built from task data
 
-try:
-    DATA = resolve_data_dir(None)
-except zoplatform.ZOError:  # pragma: no cover
-    DATA = None
 
 SIZES = ["--model", "tiny:llama", "--batch-size", "8", "--num-train", "32", "--num-dev", "16", "--num-test", "16"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -98,8 +92,6 @@ def _exp_id(link: str) -> str:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """The tiny store, the printed links, and a running ``mlflow ui`` (started with the printed command)."""
-    if DATA is None:
-        pytest.skip("../shared/data not found")
     root = tmp_path_factory.mktemp("ui_store")
     port = _free_port()
     env = {**os.environ, "ZO_MLFLOW_UI": f"http://127.0.0.1:{port}", "OMP_NUM_THREADS": "1",

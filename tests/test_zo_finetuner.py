@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import zoplatform
+from tests.conftest import DATA, needs_data
 from zoplatform.algorithms.zo_finetuner import ZOFinetuner
 from zoplatform.errors import ConfigError
 from zoplatform.params import Scratch, blocks_from_named, model_blocks
@@ -105,16 +106,13 @@ def test_identity_policy_is_bit_identical_to_mezo():
     assert la == lb and all(torch.equal(a, b) for a, b in zip(wa, wb))
 
 
+@needs_data
 def test_identity_policy_matches_mezo_on_a_tiny_language_model():
-    from zoplatform.data import resolve_data_dir, sample_splits
+    from zoplatform.data import sample_splits
     from zoplatform.models import load_model
     from zoplatform.objectives import make_scorer
 
-    try:
-        data = resolve_data_dir(None)
-    except zoplatform.ZOError:  # pragma: no cover
-        pytest.skip("../shared/data not found")
-    batch = sample_splits("sst2", data_dir=data, num_train=8, num_dev=0, num_test=0, seed=0).train
+    batch = sample_splits("sst2", data_dir=DATA, num_train=8, num_dev=0, num_test=0, seed=0).train
 
     def run(method):
         model, tok = load_model("tiny:llama")

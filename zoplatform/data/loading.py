@@ -31,6 +31,9 @@ HUB = "hub"  # pass as data_dir to read from the Hugging Face Hub instead of loc
 _DEFAULT_REL = Path("..") / "shared" / "data"
 # zoplatform/data/loading.py -> parents[2] is the repository root
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+# a small deterministic sample of the real files, same names and formats (fixtures/SOURCES.md): the
+# tests and demos use it when no real data is found; never chosen by resolve_data_dir on its own
+FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -39,7 +42,9 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     Order: explicit ``data_dir`` > env ``ZO_DATA_DIR`` > ``../shared/data``
     relative to the working directory, then relative to the repository root.
     An explicit or env value that does not exist is an error (no silent
-    fallback to another copy of the data).
+    fallback to another copy of the data, nor to the small in-repo sample
+    :data:`FIXTURE_DIR`, which is used only when named, e.g. by the tests
+    and demos when no real data is found).
     """
     for value, origin in ((data_dir, "--data-dir"), (os.environ.get("ZO_DATA_DIR"), "ZO_DATA_DIR")):
         if value is None or str(value) == "":
