@@ -23,11 +23,10 @@ import torch
 from pydantic import Field, model_validator
 
 from zoplatform.config import StrictModel, read_mapping, validate
-from zoplatform.errors import ConfigError, DataError, Diverged
+from zoplatform.errors import ConfigError, Diverged
 from zoplatform.jsonio import write_json
 
 from .checkpoint import (
-    STATE_FILE,
     TRAJECTORY_FILE,
     OutDirLock,
     discard_stub,
@@ -210,9 +209,6 @@ def run(cfg: FinetuneConfig, tracker=None, on_eval=None, should_stop=None) -> di
             raise ConfigError(f"out_dir {out_dir} holds a finished run ({out_dir / 'summary.json'}); a new run would "
                               f"overwrite it: use another --out-dir, or delete it")
         saved = read_state(out_dir)  # validated whole: a damaged state.json is one line naming the field
-        if cfg.resume and saved is None:
-            raise DataError(f"resume: {out_dir / STATE_FILE} does not exist: --resume continues the run whose "
-                            f"checkpoint is in --out-dir; check the path, or start a new run without --resume")
         if not cfg.resume and saved is not None:
             done = saved["history"]["steps_done"]
             if saved["config"].get("method") in FO_METHODS:

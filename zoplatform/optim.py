@@ -25,7 +25,7 @@ from .params import blocks_from_named, sync_
 from .precision import check_precision, is_mixed, with_masters
 from .registry import get_method
 from .rng import step_seed
-from .trajectory import Trajectory, check_applies, layout_digest, values_digest
+from .trajectory import Trajectory, layout_digest, values_digest
 from .types import StepRecord
 
 
@@ -95,20 +95,14 @@ class ZOOptimizer(torch.optim.Optimizer):
         and step count, so the next ``step`` is the one the interrupted run would have taken.
         ``on_step(i, state)`` runs before record ``i`` is applied (e.g. to copy the weights at the
         best step)."""
-        from .errors import ConfigError
         from .trajectory import replay
 
         if self.steps:
             raise RuntimeError(f"resume() needs a fresh optimizer; this one has taken {self.steps} steps")
-        if isinstance(records, Trajectory):
-            if records.method != self.method.name:
-                raise ConfigError(f"{records.source or 'the trajectory'} was written by method {records.method!r}, "
-                                  f"not {self.method.name!r}")
-            check_applies(records, self.blocks)
-            records = records.records
-        records = list(records)
-        self.method_state = replay(self.method, self.blocks, records, self.method_state, progress=progress,
-                                   on_step=on_step)
+        given = records  # a Trajectory is checked by replay before anything is applied
+        records = list(records.records if isinstance(records, Trajectory) else records)
+        self.method_state = replay(self.method, self.blocks, given if isinstance(given, Trajectory) else records,
+                                   self.method_state, progress=progress, on_step=on_step)
         if self.trajectory is not None:
             self.trajectory.records.extend(records)
         self.steps = len(records)
