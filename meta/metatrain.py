@@ -69,7 +69,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from meta.descent import DescentModel, DescentStepper, MetaValidation
-from meta.policy import PerturbationPolicy, ScalePolicy
+from meta.policy import PerturbationPolicy, PolicyState, ScalePolicy, policy_sigma_at
+from meta.report import effective_scales, initial_policy, sharing_groups, sigma_by_type, write_policy_report
 from zoplatform.config import StrictModel
 from zoplatform.params import Block, Scratch, model_blocks
 from zoplatform.policy import (
@@ -165,18 +166,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "multi": {"tasks": ["sst2", "copa"], "lr_mlp": 0.05, "epochs": 6, "restart": 2, "eta_u": 1e-6, "lr_llm": 0.05,
               "batch_size": 8, "num_train": 1000, "num_dev": 50, "eps": 1e-3},
 }
-
-
-@dataclass
-class PolicyState:
-    """The policy's recurrent inputs: previous L⁺, L⁻ (global) and σ per block."""
-
-    prev_losses: torch.Tensor
-    prev_sigma: torch.Tensor
-
-    @classmethod
-    def fresh(cls, n: int) -> PolicyState:
-        return cls(torch.zeros(2, dtype=torch.float64), torch.ones(n, dtype=torch.float32))
 
 
 class _Objective(torch.nn.Module):
@@ -330,7 +319,6 @@ def meta_train(model, scorer, train_sets: Mapping[str, Sequence[Example]], cfg: 
         stepper = MetaStepper(model, scorer, policy, blocks, counts, eps=cfg.eps, eta_u=cfg.eta_u,
                               lr_mlp=cfg.lr_mlp, direction=cfg.direction, chunk_size=cfg.chunk_size)
     else:
-        from meta.report import sharing_groups
 
         policy = ScalePolicy(layout, base_model=base_model, embedding_rows=rows, bound=cfg.sigma_bound,
                              groups=sharing_groups([n for n, *_ in layout], cfg.sharing), sharing=cfg.sharing)
@@ -439,7 +427,6 @@ def meta_train(model, scorer, train_sets: Mapping[str, Sequence[Example]], cfg: 
         result.selection = f"last epoch ({cfg.epochs}) kept (select=last)"
     result.steps, result.wall_s = step, time.perf_counter() - t0
     result.policy_change = relative_change(policy.weights(), omega0)
-    from meta.report import effective_scales, initial_policy, sigma_by_type, write_policy_report
 
     bb = base_blocks(blocks, base)
     result.sigma_by_type = sigma_by_type([b.name for b in blocks],
@@ -467,22 +454,6 @@ def selection_note(meta_val: Sequence[Mapping[str, Any]], kept: int) -> str:
 
 def base_blocks(blocks: Sequence[Block], base: Sequence[torch.Tensor]) -> list[Block]:
     return [Block(b.name, w, b.decay, b.key) for b, w in zip(blocks, base)]
-
-
-@torch.no_grad()
-def policy_sigma_at(policy: PerturbationPolicy | ScalePolicy, blocks: Sequence[Block],
-                    loss: float = 0.0) -> torch.Tensor:
-    """σ [B] a deployment at these weights uses.  ``scale``: the constants.  ``mlp``
-    (recurrent inputs): the second step's σ — inputs θ's block statistics,
-    L⁺ = L⁻ = ``loss`` (e.g. the held-out mean loss at θ) and the first step's σ
-    (itself from the fresh state L± = 0, σ = 1)."""
-    if isinstance(policy, ScalePolicy):
-        return policy().detach()
-    stats = block_stats(blocks)
-    fresh = PolicyState.fresh(len(blocks))
-    first = policy(policy_features(stats, fresh.prev_losses, fresh.prev_sigma))
-    losses = torch.tensor([loss, loss], dtype=torch.float64)
-    return policy(policy_features(stats, losses, first)).detach()
 
 
 @torch.no_grad()

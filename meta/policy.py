@@ -18,19 +18,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from zoplatform.params import Block
 from zoplatform.policy import (
     HIDDEN,
     KIND_MLP,
     KIND_SCALE,
     WEIGHT_KEYS,
     Policy,
+    block_stats,
     init_policy_weights,
     load_policy,
     make_schema,
+    policy_features,
     policy_sigma,
     save_policy,
 )
@@ -168,3 +172,31 @@ def load_any(path: str | Path) -> PerturbationPolicy | ScalePolicy:
     """The trainable module for a policy file, by its kind."""
     pol = load_policy(path)
     return (ScalePolicy if pol.kind == KIND_SCALE else PerturbationPolicy).from_policy(pol)
+
+
+@dataclass
+class PolicyState:
+    """The policy's recurrent inputs: previous L⁺, L⁻ (global) and σ per block."""
+
+    prev_losses: torch.Tensor
+    prev_sigma: torch.Tensor
+
+    @classmethod
+    def fresh(cls, n: int) -> PolicyState:
+        return cls(torch.zeros(2, dtype=torch.float64), torch.ones(n, dtype=torch.float32))
+
+
+@torch.no_grad()
+def policy_sigma_at(policy: PerturbationPolicy | ScalePolicy, blocks: Sequence[Block],
+                    loss: float = 0.0) -> torch.Tensor:
+    """σ [B] a deployment at these weights uses.  ``scale``: the constants.  ``mlp``
+    (recurrent inputs): the second step's σ — inputs θ's block statistics,
+    L⁺ = L⁻ = ``loss`` (e.g. the held-out mean loss at θ) and the first step's σ
+    (itself from the fresh state L± = 0, σ = 1)."""
+    if isinstance(policy, ScalePolicy):
+        return policy().detach()
+    stats = block_stats(blocks)
+    fresh = PolicyState.fresh(len(blocks))
+    first = policy(policy_features(stats, fresh.prev_losses, fresh.prev_sigma))
+    losses = torch.tensor([loss, loss], dtype=torch.float64)
+    return policy(policy_features(stats, losses, first)).detach()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from meta.policy import policy_sigma_at
 from zoplatform.params import Block
 from zoplatform.policy import trace_scale
 
@@ -86,7 +87,6 @@ def sharing_groups(names: Sequence[str], mode: str) -> list[int] | None:
 @torch.no_grad()
 def effective_scales(policy, blocks: Sequence[Block], counts: torch.Tensor, loss: float = 0.0) -> torch.Tensor:
     """c·σ_b [B] (fp64) a deployment at ``blocks``' weights uses (see ``policy_sigma_at``)."""
-    from meta.metatrain import policy_sigma_at
 
     sig = policy_sigma_at(policy, blocks, loss).double()
     return sig * trace_scale(sig, counts)

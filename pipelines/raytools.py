@@ -19,8 +19,11 @@ addresses and auth) or starts a local Ray that is reachable from this machine on
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
+
+from zoplatform.errors import ConfigError
 
 LOOPBACK = "127.0.0.1"
 
@@ -84,3 +87,29 @@ def run_tasks(submit, jobs, on_done, max_pending: int | None = None) -> None:
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
+
+
+def parse_resources(spec: str) -> dict[str, float]:
+    """``cpu=2,gpu=0.25`` -> ``{"cpu": 2.0, "gpu": 0.25}`` (fractional GPUs must be 1/k)."""
+    out: dict[str, float] = {}
+    for item in [s for s in spec.split(",") if s.strip()]:
+        if "=" not in item:
+            raise ConfigError(f"--resources item {item!r} must look like cpu=N or gpu=N")
+        k, v = (s.strip() for s in item.split("=", 1))
+        if k not in ("cpu", "gpu"):
+            raise ConfigError(f"--resources: unknown resource {k!r}; use cpu and gpu")
+        try:
+            x = float(v)
+        except ValueError:
+            raise ConfigError(f"--resources: {k}={v!r} is not a number") from None
+        if not math.isfinite(x) or x < 0 or (k == "cpu" and x == 0):
+            raise ConfigError(f"--resources: {k}={v} is invalid: cpu must be > 0, gpu >= 0")
+        if k == "gpu" and 0 < x < 1 and abs(1 / x - round(1 / x)) > 1e-6:
+            raise ConfigError(f"--resources: gpu={v} is not 1/k (0.5, 0.25, ...): Ray packs fractional GPUs "
+                              f"correctly only for 1/k shares")
+        if k == "gpu" and x > 1 and not x.is_integer():
+            raise ConfigError(f"--resources: gpu={v} is invalid: more than one GPU must be a whole number")
+        out[k] = x
+    out.setdefault("cpu", 1.0)
+    out.setdefault("gpu", 0.0)
+    return out

@@ -14,16 +14,8 @@ from click.testing import CliRunner
 from pipelines.cli import main as cli
 from tests.conftest import needs_data
 from zoplatform.errors import ConfigError
-from pipelines.compare import (
-    README_END,
-    README_START,
-    forwards_to_reach,
-    load_compare_config,
-    machine_line,
-    markdown,
-    reference_not_above_start,
-    update_readme,
-)
+from pipelines.compare.report import README_END, README_START, forwards_to_reach, machine_line, reference_not_above_start
+from pipelines.compare import load_compare_config, markdown, update_readme
 
 TINY = ["--model", "tiny:llama", "--num-train", "16", "--num-dev", "8", "--num-test", "8", "--batch-size", "4",
         "--eval-points", "2"]
@@ -442,7 +434,7 @@ def test_runs_tested_on_other_examples_are_not_paired(tmp_path):
 
 def test_report_header_states_the_direction_law_and_precision_of_the_rows(tmp_path):
     from pipelines.compare import plan
-    from pipelines.report import settings_line
+    from pipelines.compare.report import settings_line
 
     cfg = load_compare_config(dict(methods="mezo,fzoo,zero-shot", tasks="sst2", seeds=1, forward_budget=18,
                                    model="tiny:llama", out=str(tmp_path), precision="bf16-mixed"),
@@ -450,7 +442,7 @@ def test_report_header_states_the_direction_law_and_precision_of_the_rows(tmp_pa
     cfg = cfg.model_copy(update={"configs": {"mezo": {"method": "mezo", "direction": "rademacher"}}})
     specs = plan(cfg, tmp_path)
     assert {s.config.precision for s in specs} == {"bf16-mixed"}
-    from pipelines.report import collect
+    from pipelines.compare.report import collect
 
     runs, _ = collect(cfg, specs)
     assert settings_line(runs, cfg.methods) == ("Every row: rademacher directions (where a method draws them), "

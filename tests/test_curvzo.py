@@ -205,7 +205,7 @@ def test_report_writes_plot_and_table(tmp_path):
     opt = zoplatform.optimizer("curvzo", [(b.name, b.param) for b in blocks], lr=1e-2, budget_every=2)
     for _ in range(6):
         opt.step(lambda: sum((p.detach() ** 2).sum() for p in params))
-    from pipelines import method_reports
+    from pipelines.finetune import method_reports
 
     paths = method_reports.write(opt.method, opt.method_state, opt.blocks, tmp_path)
     assert [p.name for p in paths] == ["curvzo_blocks.png", "curvzo_blocks.csv"]

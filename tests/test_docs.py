@@ -100,7 +100,7 @@ def test_readme_results_table_is_the_evidence_blocks_numbers():
 
 @pytest.mark.parametrize("script", ["benchmarks/evidence_report.sh", "benchmarks/compare_cpu.sh"])
 def test_evidence_scripts_write_blocks_that_exist(script):
-    from pipelines.report import check_readme
+    from pipelines.compare.report import check_readme
 
     text = (ROOT / script).read_text()
     subprocess.run(["bash", "-n", str(ROOT / script)], check=True)

@@ -51,7 +51,7 @@ def test_fixture_rows_are_the_real_files_rows_and_regenerate_byte_for_byte():
 
 
 def test_the_tests_and_demos_sizes_fit_the_fixture():
-    from pipelines.sampling import split_sizes
+    from pipelines.finetune.sampling import split_sizes
 
     d = FIXTURE_DIR
     for name in TASKS:

@@ -190,7 +190,7 @@ def test_compare_refuses_a_label_that_is_not_one_path_component(tmp_path, label)
 
 @needs_data
 def test_a_second_compare_on_a_locked_out_is_refused_and_the_lock_is_released_after(tmp_path, uri):
-    from pipelines.checkpoint import OutDirLock
+    from pipelines.locks import OutDirLock
 
     out = tmp_path / "cmp"
     args = [*CMP, "--methods", "mezo", "--out", str(out), "--tracking-uri", uri, "--json"]

@@ -17,7 +17,7 @@ import zoplatform
 import zoplatform.models
 from pipelines.cli import main as cli
 from pipelines.finetune import FinetuneConfig, load_config, run
-from pipelines.runinfo import resume_command
+from pipelines.finetune.runinfo import resume_command
 from tests.test_finetune import TINY, needs_data
 from tests.test_reliability import interrupt_at
 from zoplatform.errors import ConfigError, DataError
@@ -252,7 +252,7 @@ def test_a_capped_num_train_is_said_and_recorded(tmp_path, capsys):
 
 
 def test_resume_accepts_the_stored_precision_in_another_spelling():
-    from pipelines.checkpoint import resume_config
+    from pipelines.finetune.checkpoint import resume_config
 
     stored = {"config": FinetuneConfig(model="tiny:llama", dtype="bfloat16", out_dir="x").model_dump()}
     same = resume_config(load_config(None, {"resume": True, "out_dir": "x", "precision": "bf16-true"}), stored)

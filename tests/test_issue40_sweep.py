@@ -164,7 +164,7 @@ def test_a_sweep_whose_every_trial_failed_exits_non_zero(tmp_path, uri, monkeypa
 
 
 def test_a_second_driver_on_the_same_sweep_is_refused_in_one_line(tmp_path, uri, monkeypatch):
-    from pipelines.checkpoint import OutDirLock
+    from pipelines.locks import OutDirLock
 
     monkeypatch.setattr(raytools, "connect", no_ray_here)
     sweep_dir = tmp_path / "sweeps" / "mezo-sst2-tiny_llama"

@@ -316,7 +316,7 @@ def test_report_writes_plot_and_table(tmp_path):
     net = net_()
     opt = zoplatform.optimizer("loren", net.named_parameters(), lr=1e-3)
     opt.step(lambda: net(torch.ones(2, 12)).sum())
-    from pipelines import method_reports
+    from pipelines.finetune import method_reports
 
     paths = method_reports.write(opt.method, opt.method_state, opt.blocks, tmp_path)
     assert [p.name for p in paths] == ["loren_a.png", "loren_a.csv"]

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import zoplatform
-from pipelines.checkpoint import OutDirLock
+from pipelines.locks import OutDirLock
 from pipelines.cli import main as cli
 from pipelines.finetune import load_config, run
 from tests.test_finetune import TINY, client, needs_data  # the same tiny run and helpers
@@ -82,7 +82,7 @@ def test_a_second_run_on_a_locked_out_dir_is_refused(tmp_path):
 @needs_data
 def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
     out = tmp_path / "x"
-    code = f"from pipelines.checkpoint import OutDirLock; import time\nwith OutDirLock({str(out)!r}):\n" \
+    code = f"from pipelines.locks import OutDirLock; import time\nwith OutDirLock({str(out)!r}):\n" \
            f"    print('locked', flush=True); time.sleep(60)"
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "locked"

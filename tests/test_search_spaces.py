@@ -150,7 +150,7 @@ def test_cross_field_checks_of_the_method_run_on_load(tmp_path):
 def test_bench_measures_a_spec_that_names_its_direction_once_with_that_law():
     """`zo bench step-cost --methods mezo:direction=rademacher` measures MeZO once, with its own law (it used to
     pass direction twice and crash); a spec without one is measured under every --directions law."""
-    from pipelines.bench import _laws
+    from pipelines.bench.step import _laws
 
     assert _laws("mezo", ["gaussian", "pool"], {"direction": "rademacher"}) == [None]
     assert _laws("mezo", ["gaussian", "pool"], {}) == ["gaussian", "pool"]

@@ -3,12 +3,12 @@ fine-tune config of a default point, and the saved config of a sweep being resum
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
+from pipelines.raytools import parse_resources
 from zoplatform.config import StrictModel, validate
 from zoplatform.errors import ConfigError
 
@@ -52,32 +52,6 @@ class SweepConfig(StrictModel):
     resume: bool = Field(False, description="continue the interrupted sweep storage/name")
     confirm_seeds: int | None = Field(None, ge=1, description="re-run the best and the default on N fresh seeds")
     confirm_top: int = Field(1, ge=1, description="how many of the best configurations to confirm")
-
-
-def parse_resources(spec: str) -> dict[str, float]:
-    """``cpu=2,gpu=0.25`` -> ``{"cpu": 2.0, "gpu": 0.25}`` (fractional GPUs must be 1/k)."""
-    out: dict[str, float] = {}
-    for item in [s for s in spec.split(",") if s.strip()]:
-        if "=" not in item:
-            raise ConfigError(f"--resources item {item!r} must look like cpu=N or gpu=N")
-        k, v = (s.strip() for s in item.split("=", 1))
-        if k not in ("cpu", "gpu"):
-            raise ConfigError(f"--resources: unknown resource {k!r}; use cpu and gpu")
-        try:
-            x = float(v)
-        except ValueError:
-            raise ConfigError(f"--resources: {k}={v!r} is not a number") from None
-        if not math.isfinite(x) or x < 0 or (k == "cpu" and x == 0):
-            raise ConfigError(f"--resources: {k}={v} is invalid: cpu must be > 0, gpu >= 0")
-        if k == "gpu" and 0 < x < 1 and abs(1 / x - round(1 / x)) > 1e-6:
-            raise ConfigError(f"--resources: gpu={v} is not 1/k (0.5, 0.25, ...): Ray packs fractional GPUs "
-                              f"correctly only for 1/k shares")
-        if k == "gpu" and x > 1 and not x.is_integer():
-            raise ConfigError(f"--resources: gpu={v} is invalid: more than one GPU must be a whole number")
-        out[k] = x
-    out.setdefault("cpu", 1.0)
-    out.setdefault("gpu", 0.0)
-    return out
 
 
 def parse_objectives(names: list[str]) -> list[tuple[str, str, str]]:
@@ -142,7 +116,6 @@ def check_inputs(cfg: SweepConfig):
     or loading a model.  Returns (space, resources, objectives, sweep_dir)."""
     import search_spaces
     import zoplatform
-    from pipelines.confirm import check as check_confirm
     from pipelines.finetune import FinetuneConfig
     from pipelines.finetune import check_inputs as check_finetune
 
@@ -173,7 +146,7 @@ def check_inputs(cfg: SweepConfig):
     ft = trial_finetune_config(cfg, fixed | point, out_dir=Path("unused"), resume=False, run_name="check",
                                tracking_uri=None, parent_run_id=None)
     _, _, data_dir = check_finetune(ft)
-    from pipelines.sampling import sample_data
+    from pipelines.finetune.sampling import sample_data
 
     sample_data(ft, data_dir)  # the sample's bounds (batch_size <= train examples), as a trial would find them
     check_confirm(cfg, space)
@@ -252,3 +225,17 @@ def load_sweep_config(data: dict[str, Any]) -> SweepConfig:
     if given.get("resume"):
         given = load_for_resume(given.get("storage", "sweeps"), given.get("name"), given) | {"resume": True}
     return validate(SweepConfig, given, "sweep config")
+
+
+def check_confirm(cfg, space) -> None:
+    """The confirmation's input, checked with the sweep's (before any trial runs)."""
+    if not cfg.confirm_seeds:
+        if cfg.confirm_top != 1:
+            raise ConfigError(f"--confirm-top {cfg.confirm_top} needs --confirm-seeds N (the fresh seeds to "
+                              f"re-run on)")
+        return
+    if not space.defaults:
+        raise ConfigError(f"--confirm-seeds: search space {space.source} has no defaults: the confirmation pairs "
+                          f"the best configurations with the space's first default (the paper's setting)")
+    if cfg.confirm_top > cfg.trials:
+        raise ConfigError(f"--confirm-top {cfg.confirm_top} exceeds --trials {cfg.trials}")

@@ -12,8 +12,8 @@ from zoplatform.errors import ConfigError
 from .config import NOT_PERSISTED, SweepConfig, check_inputs, resume_hint, trial_finetune_config
 from .optuna_backend import run_optuna
 from .plots import make_plots
-from .trial import objective_metric
 from .results import best_metric, importances, pareto_front, pick_best, results_markdown, searched, write_table
+from .trial import objective_metric
 
 # best_config.yaml is a plain fine-tune config: nothing that files the run under the sweep or points at its dirs
 NOT_IN_BEST_CONFIG = {"out_dir", "resume", "tracking", "tracking_uri", "experiment", "parent_run_id", "run_name",
@@ -44,9 +44,9 @@ def run(cfg: SweepConfig) -> dict[str, Any]:
 
 
 def lock_sweep_dir(sweep_dir: Path):
-    """The sweep dir's flock (:class:`pipelines.checkpoint.OutDirLock`), or one line naming the driver that holds
+    """The sweep dir's flock (:class:`pipelines.locks.OutDirLock`), or one line naming the driver that holds
     it (two drivers on one sweep would write the same study, trials and MLflow runs)."""
-    from pipelines.checkpoint import LOCK_FILE, OutDirLock
+    from pipelines.locks import LOCK_FILE, OutDirLock
 
     lock = OutDirLock(sweep_dir)
     try:
@@ -152,8 +152,8 @@ def _run_locked(cfg: SweepConfig, t0: float, space, resources, objectives, sweep
                 files.append(out / "best_config.yaml")
             files += make_plots(rows, objectives, imps, out, what=what, imps_note=imps_note)
             confirmed = None
-            if cfg.confirm_seeds and not interrupted:  # did tuning help? pipelines/confirm.py
-                from pipelines.confirm import confirm
+            if cfg.confirm_seeds and not interrupted:  # did tuning help? pipelines/sweep/confirm.py
+                from pipelines.sweep.confirm import confirm
 
                 confirmed = confirm(cfg, space, rows, objectives, sweep_dir, parent, uri, resources)
                 note += "\n### Did tuning help? (`confirm.md`)\n\n" + (out / "confirm.md").read_text()

@@ -103,7 +103,7 @@ class ZOMethod:
 
     def block_table(self, state: State, blocks: Sequence[Block]) -> list[dict]:
         """End-of-run numbers per block (one flat dict per row), for the pipelines to write and draw
-        (``pipelines/method_reports.py``); the library itself draws nothing.  Default: none."""
+        (``pipelines/finetune/method_reports.py``); the library itself draws nothing.  Default: none."""
         return []
 
     # -- shared pieces ----------------------------------------------------

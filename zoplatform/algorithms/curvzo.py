@@ -450,7 +450,7 @@ class CurvZO(ZOMethod):
         }
         return new, StepRecord(seed, (loss_plus, loss_minus), lr, (delta,), extra)
 
-    # -- end-of-run numbers (written and drawn by pipelines/method_reports.py) ------------
+    # -- end-of-run numbers (written and drawn by pipelines/finetune/method_reports.py) ------------
     def block_table(self, state, blocks: Sequence[Block]) -> list[dict]:
         """Per block: its score, final inclusion probability π and how often it was sampled."""
         counts = state.counts.double()

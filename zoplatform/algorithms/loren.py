@@ -389,7 +389,7 @@ class LOREN(ZOMethod):
         new = state.replace(t=state.t + 1, a={**a0, **a})
         return new, StepRecord(seed, tuple(losses), lr, tuple(cg), {"loss_mean": fmean})
 
-    # -- end-of-run numbers (written and drawn by pipelines/method_reports.py) ------------
+    # -- end-of-run numbers (written and drawn by pipelines/finetune/method_reports.py) ------------
     def block_table(self, state, blocks: Sequence[Block]) -> list[dict]:
         """Per matrix block with a curvature vector a: its shape, ‖a‖/√n and s = m‖a‖²."""
         rows = []

@@ -234,7 +234,7 @@ class ZOFinetuner(ZOMethod):
                  "sigma_min": float(sigma.min()), "trace_c": trace_c}
         return new, StepRecord(seed, (loss_plus, loss_minus), lr, (g,), extra)
 
-    # -- end-of-run numbers (written by pipelines/method_reports.py) ----------------------
+    # -- end-of-run numbers (written by pipelines/finetune/method_reports.py) ----------------------
     def block_table(self, state, blocks: Sequence[Block]) -> list[dict]:
         """Per block: its effective count n_b, whether it is an embedding, the last σ_b and c·σ_b."""
         if state.counts is None:

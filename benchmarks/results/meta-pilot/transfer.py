@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from meta.descent import DescentModel, MetaValidation
-from meta.metatrain import policy_sigma_at
+from meta.policy import policy_sigma_at
 from meta.policy import load_any
 from zoplatform.data import resolve_data_dir, sample_splits
 from zoplatform.models import load_model

@@ -163,7 +163,10 @@ def finetune(config_file, as_json, method_option, **opts):
     from pipelines.launch import launch, under_launcher
 
     if cfg.resume and "workers" not in cfg.model_fields_set and not under_launcher():
-        from pipelines.checkpoint import read_state, resume_config  # the stored run's --workers launches it again
+        from pipelines.finetune.checkpoint import (  # the stored run's --workers launches it again
+            read_state,
+            resume_config,
+        )
 
         cfg = resume_config(cfg, read_state(Path(cfg.out_dir)))
     if cfg.resume and not under_launcher():
@@ -206,7 +209,7 @@ def finetune(config_file, as_json, method_option, **opts):
 def eval_cmd(model, task, trajectory, split, num_train, num_dev, num_test, seed, batch_size, data_dir, device, dtype,
              precision, steps, threads, protocol, progress, as_json):
     """Zero-shot accuracy, or the accuracy of a ZO checkpoint (trajectory)."""
-    from pipelines.evaluate import run_eval
+    from pipelines.finetune.evaluate import run_eval
 
     out = run_eval(model=model, task=task, trajectory=trajectory, split=split, num_train=num_train, num_dev=num_dev,
                    num_test=num_test, seed=seed, batch_size=batch_size, data_dir=data_dir, device=device,
@@ -454,12 +457,3 @@ def compare(configs_file, as_json, **opts):
         click.echo((Path(out["out"]) / "results.md").read_text())
     if out["status"] == "failed":
         sys.exit(1)
-
-
-# the bench group's commands live in pipelines/cli_bench.py (registered on import)
-from pipelines import cli_bench  # noqa: E402,F401
-
-if __name__ == "__main__":  # python -m pipelines.cli: run the imported module's group (the one cli_bench extends)
-    from pipelines.cli import main as zo
-
-    zo()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .compare import RunSpec
+    from .config import RunSpec
 
 
 def _finetune_argv(spec: RunSpec, parent_run_id: str, tracking_uri: str) -> list[str]:
@@ -50,8 +50,8 @@ def _settle(spec: RunSpec, out: dict, progress) -> None:
 def execute_ray(todo: list[RunSpec], parent_id: str, uri: str, resources: dict, progress) -> None:
     import ray
 
-    from .raytools import connect as _ray_connect
-    from .raytools import run_tasks
+    from pipelines.raytools import connect as _ray_connect
+    from pipelines.raytools import run_tasks
 
     started = _ray_connect()
     try:
@@ -68,5 +68,5 @@ def _threads_of(resources: dict) -> int:
     return max(1, int(resources["cpu"]))
 
 
-# =========================================================================== 3. results: pipelines/report.py
+# =========================================================================== 3. results: pipelines/compare/report.py
 # =========================================================================== 4. the recipe

@@ -1,7 +1,7 @@
 """The comparison's results: per-run rows and aggregates (:func:`collect`), the paired analysis of finished runs,
 and the tables, CSV, plots and README block.
 
-Used by ``zo compare`` (:mod:`pipelines.compare`) and by a sweep's confirmation (:mod:`pipelines.confirm`).  A run
+Used by ``zo compare`` (:mod:`pipelines.compare`) and by a sweep's confirmation (:mod:`pipelines.sweep.confirm`).  A run
 here is a dict with at least ``label``, ``task``, ``seed``, ``status``, ``curve`` (``state.json``'s
 ``history.evals``) and ``out_dir`` (where ``predictions.npz`` is, for runs made since it is saved).
 
@@ -23,13 +23,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines import stats
+from pipelines.finetune.runinfo import PREDICTIONS_FILE
 from zoplatform.errors import ConfigError
 
-from . import stats
-from .finetune import PREDICTIONS_FILE
-
 if TYPE_CHECKING:
-    from .compare import CompareConfig, RunSpec
+    from .config import CompareConfig, RunSpec
 
 ZERO_SHOT = "zero-shot"
 BOOTSTRAP_REPLICATES = 4000
@@ -295,9 +294,8 @@ def _num(x, fmt="{:.0f}") -> str:
 
 def _small_tasks(cfg: CompareConfig) -> str:
     """The tasks whose train split is too small for the requested sizes (finetune fits them)."""
+    from pipelines.finetune.sampling import split_sizes
     from zoplatform.data import resolve_data_dir
-
-    from .finetune import split_sizes
 
     data_dir = resolve_data_dir(cfg.data_dir)
     fitted = {t: split_sizes(t, data_dir, cfg.num_train, cfg.num_dev) for t in cfg.tasks}
@@ -395,7 +393,6 @@ def write_csv(agg: list[dict], path: Path) -> Path:
     return path
 
 
-from .report_plots import memory_measure, plots  # noqa: E402,F401  (re-exported)
 
 def readme_markers(block: str = "results") -> tuple[str, str]:
     """The comment lines around a README's generated block named ``block``."""

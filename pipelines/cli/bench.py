@@ -1,13 +1,14 @@
-"""``zo bench``: the benchmark commands (ratios measured in one run; the work is in :mod:`pipelines.bench`).
-Registered on ``zo`` when :mod:`pipelines.cli` is imported."""
+"""``zo bench``: the benchmark commands (ratios measured in one run; the work is in :mod:`pipelines.bench.step`).
+Registered on ``zo`` by :mod:`pipelines.cli`'s ``__init__``."""
 from __future__ import annotations
 
 import json
 
 import click
 
-from pipelines.cli import emit_json, friendly, main
 from zoplatform.errors import ZOError
+
+from .main import emit_json, friendly, main
 
 
 @main.group()
@@ -38,7 +39,7 @@ def bench_step_cost(model, task, batch_size, methods_, directions, repeats, devi
     """ZO step time vs two forward passes, peak memory vs inference and first-order, scorer speed-up.
 
     Method options let one run compare variants, e.g. CurvZO's step cost against its budget."""
-    from pipelines.bench import step_cost
+    from pipelines.bench.step import step_cost
 
     out = step_cost(model=model, task=task, batch_size=batch_size, methods=[m for m in methods_.split(",") if m],
                     directions=directions.split(","), repeats=repeats, device=device, dtype=dtype,
@@ -68,7 +69,7 @@ def _int_list(text: str, what: str) -> list[int]:
 def bench_data_parallel(model, task, method, batch_size, steps, workers_, threads, data_dir, as_json):
     """Steps/s of 1 worker vs N data-parallel workers at the same global batch, bytes all-reduced per step."""
     import zoplatform
-    from pipelines.bench_scale import data_parallel
+    from pipelines.bench.scale import data_parallel
     from zoplatform.data import get_task
     from zoplatform.models import check_spec
 
@@ -92,7 +93,7 @@ def bench_data_parallel(model, task, method, batch_size, steps, workers_, thread
 @friendly
 def bench_sweep_overhead(model, task, method, trials, steps, data_dir, as_json):
     """Wall time of N short trials through Ray Tune vs the same trials run directly (one run, as a ratio)."""
-    from pipelines.bench_scale import sweep_overhead
+    from pipelines.bench.scale import sweep_overhead
 
     out = sweep_overhead(model=model, task=task, method=method, trials=trials, steps=steps, data_dir=data_dir)
     emit_json(out) if as_json else click.echo(json.dumps(out, indent=1))

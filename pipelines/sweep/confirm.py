@@ -13,7 +13,7 @@ answers "did tuning help?" after the search:
    ``--backend optuna`` one after another in the driver; a finished run is reused and a cut-off one resumed from its
    trajectory when the sweep is resumed;
 3. each configuration is paired with the default seed by seed (same seed: same data sample, order and test set) as
-   ``zo compare`` pairs methods (:mod:`pipelines.report`, :mod:`pipelines.stats`): Δ test accuracy with its 95%
+   ``zo compare`` pairs methods (:mod:`pipelines.compare.report`, :mod:`pipelines.stats`): Δ test accuracy with its 95%
    interval, p-value, verdict and resolvable half-width, McNemar per seed, Δ final dev loss and Δ dev-loss AUC.
 
 The report is ``results/confirm.md`` and ``results/confirm.json`` in the sweep directory, logged to the parent
@@ -29,23 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from zoplatform.errors import ConfigError
-
 DEFAULT = "default"
-
-
-def check(cfg, space) -> None:
-    """The confirmation's input, checked with the sweep's (before any trial runs)."""
-    if not cfg.confirm_seeds:
-        if cfg.confirm_top != 1:
-            raise ConfigError(f"--confirm-top {cfg.confirm_top} needs --confirm-seeds N (the fresh seeds to "
-                              f"re-run on)")
-        return
-    if not space.defaults:
-        raise ConfigError(f"--confirm-seeds: search space {space.source} has no defaults: the confirmation pairs "
-                          f"the best configurations with the space's first default (the paper's setting)")
-    if cfg.confirm_top > cfg.trials:
-        raise ConfigError(f"--confirm-top {cfg.confirm_top} exceeds --trials {cfg.trials}")
 
 
 def _full(space, params: dict) -> dict[str, Any]:
@@ -62,7 +46,7 @@ def default_params(space) -> dict[str, Any]:
 
 def ranked(rows: list[dict], objectives, k: int) -> list[dict]:
     """The ``k`` best trials, best first, by :func:`pipelines.sweep.pick_best`'s pool and order."""
-    from pipelines.sweep import pareto_front
+    from .results import pareto_front
 
     pool = pareto_front(rows, objectives) if len(objectives) > 1 else rows
     _, metric, mode = objectives[0]
@@ -73,7 +57,7 @@ def ranked(rows: list[dict], objectives, k: int) -> list[dict]:
 
 def _run_one(cfg, label: str, params: dict, seed: int, out_dir: Path, uri: str, parent_run_id: str) -> dict:
     """One confirmation run (reused if finished, resumed if cut off), as a report run record."""
-    from pipelines.sweep import run_trial
+    from .trial import run_trial
 
     summary_path = out_dir / "summary.json"
     status, summary = "done", {}
@@ -147,7 +131,7 @@ def _describe(params: dict, default: dict) -> str:
 
 
 def markdown(cfg, name: str, seeds: list[int], configs: list[dict]) -> str:
-    from pipelines.report import paired_table
+    from pipelines.compare.report import paired_table
 
     lines = [f"Confirmation of sweep `{name}` ({cfg.method} on {cfg.task}, `{cfg.model}`): the "
              f"{len(configs) - 1} best configuration(s) and the space's first default re-run with fresh seeds "
@@ -167,7 +151,7 @@ def confirm(cfg, space, rows: list[dict], objectives, sweep_dir: Path, parent, u
             resources: dict) -> dict[str, Any]:
     """Re-run the best configurations and the default on fresh seeds, pair them, report; returns the summary.
     ``resources`` (the trials' ``{"cpu", "gpu"}``) is what each run asks of Ray on ``--backend ray``."""
-    from pipelines.report import paired_one, stable_seed
+    from pipelines.compare.report import paired_one, stable_seed
 
     default = default_params(space)
     seeds = [cfg.seed + 1 + j for j in range(cfg.confirm_seeds)]

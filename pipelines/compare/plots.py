@@ -1,17 +1,15 @@
 """The comparison's pictures: ``dev_curves_<task>.png`` and ``peak_memory.png`` (split out of
-:mod:`pipelines.report`)."""
+:mod:`pipelines.compare.report`)."""
 from __future__ import annotations
 
 import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
-
 if TYPE_CHECKING:
-    from .compare import CompareConfig
+    from .config import CompareConfig
 
-ZERO_SHOT = "zero-shot"  # as pipelines.report (a zero-shot label draws a reference line)
+ZERO_SHOT = "zero-shot"  # as pipelines.compare.report (a zero-shot label draws a reference line)
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 LINESTYLES = ("-", "--", "-.", ":")
 

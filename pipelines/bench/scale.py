@@ -1,5 +1,5 @@
 """Scale-out benchmarks: ``zo bench data-parallel`` (1 vs N data-parallel workers) and ``zo bench sweep-overhead``
-(trials through Ray Tune vs run directly); split out of :mod:`pipelines.bench`."""
+(trials through Ray Tune vs run directly); split out of :mod:`pipelines.bench.step`."""
 from __future__ import annotations
 
 import json

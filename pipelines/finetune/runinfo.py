@@ -6,12 +6,12 @@ import math
 import os
 import platform
 from pathlib import Path
-
-import torch
 from typing import TYPE_CHECKING
 
+import torch
+
 if TYPE_CHECKING:
-    from .finetune import FinetuneConfig
+    from .config import FinetuneConfig
 
 # --------------------------------------------------------------------------- what MLflow shows
 # run options that are not logged as params: operational (they do not change what the run computes), the name,
@@ -116,7 +116,7 @@ def run_note(cfg: FinetuneConfig, summary: dict, method=None) -> str:
         return f"{head}: {plan} planned, batch {cfg.batch_size}, seed {cfg.seed}; running"
     fwd = summary.get("forward_passes")
     budget = f"{steps} steps" + (f" = {fwd} forward passes" if fwd is not None else "")
-    from .finetune import FO_METHODS
+    from .config import FO_METHODS
 
     if cfg.method in FO_METHODS:
         budget = f"{steps} forward+backward steps"
@@ -131,7 +131,7 @@ def run_note(cfg: FinetuneConfig, summary: dict, method=None) -> str:
 
 
 def method_report(method, state, blocks, out_dir, cfg: FinetuneConfig) -> list:
-    """The method's end-of-run artifacts (:mod:`pipelines.method_reports`), titled with what the run was
+    """The method's end-of-run artifacts (:mod:`pipelines.finetune.method_reports`), titled with what the run was
     (``curvzo on sst2 (smollm2-135m)``)."""
     from . import method_reports
 

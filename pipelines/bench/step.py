@@ -112,7 +112,6 @@ def memory_child(args: dict) -> dict:
     import torch
 
     import zoplatform
-
     from zoplatform.precision import cast_model_, load_dtype
 
     precision = args.get("precision", "fp32")
@@ -147,7 +146,7 @@ def memory_child(args: dict) -> dict:
 
 def _run_child(args: dict) -> dict:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    out = subprocess.run([sys.executable, "-m", "pipelines.bench", json.dumps(args)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "pipelines.bench.step", json.dumps(args)], capture_output=True, text=True,
                          env=env, check=False)
     if out.returncode != 0:
         what = args["mode"] if args["mode"] != "zo" else f"zo:{args['method']}:{args['direction']}"
@@ -266,11 +265,10 @@ def step_cost(*, model: str, task: str, batch_size: int = 16, methods=("mezo",),
     import torch
 
     import zoplatform
+    from zoplatform.errors import ConfigError
     from zoplatform.models import check_spec
     from zoplatform.objectives import NaiveScorer
     from zoplatform.params import axpy_
-
-    from zoplatform.errors import ConfigError
 
     if repeats < 1:
         raise ConfigError(f"repeats={repeats} is invalid: must be >= 1")

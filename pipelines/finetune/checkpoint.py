@@ -21,10 +21,7 @@ left by a killed run never blocks a resume.
 """
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import platform
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from zoplatform.errors import ConfigError, DataError
 from zoplatform.jsonio import write_json
 
-STATE_FILE, TRAJECTORY_FILE, LOCK_FILE = "state.json", "trajectory.jsonl", ".lock"
+STATE_FILE, TRAJECTORY_FILE = "state.json", "trajectory.jsonl"
 
 # The run's identity: fields whose change would make the resumed trajectory a different run's.
 IDENTITY = ("model", "task", "method", "lr", "eps", "weight_decay", "schedule", "direction", "method_options",
@@ -42,36 +39,6 @@ IDENTITY = ("model", "task", "method", "lr", "eps", "weight_decay", "schedule", 
             "protocol", "head_init", "lora", "lora_r", "lora_alpha", "device", "dtype", "precision")
 # Options that only say how to resume (always allowed to differ).
 HOW = ("resume", "out_dir", "progress", "tracking", "threads", "workers")
-
-
-class OutDirLock:
-    """Exclusive advisory lock on ``<out_dir>/.lock`` (holder's pid and host inside)."""
-
-    def __init__(self, out_dir: Path):
-        self.path = Path(out_dir) / LOCK_FILE
-        self._fd: int | None = None
-
-    def __enter__(self) -> OutDirLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise ConfigError(f"out_dir {self.path.parent} is in use by another run ({holder}); wait for it to "
-                              f"end or choose another --out-dir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
 
 
 class _Strict(BaseModel):
@@ -156,7 +123,7 @@ def read_state(out_dir: Path) -> dict[str, Any] | None:
     """``state.json`` of ``out_dir`` (None when there is none), validated whole: its schema
     (:class:`StateFile`), its cross-field rules and its stored config; any problem is one
     :class:`DataError` line naming the file and the field."""
-    from .finetune import FinetuneConfig
+    from .config import FinetuneConfig
 
     path = Path(out_dir) / STATE_FILE
     if not path.is_file():
@@ -196,7 +163,7 @@ def _resolved(cfg) -> dict[str, Any]:
     defaults filled in (``--eps 0.001`` and an unset eps are the same MeZO run)."""
     import zoplatform
 
-    from .finetune import FO_METHODS, method_hyper, run_precision
+    from .config import FO_METHODS, method_hyper, run_precision
 
     out = cfg.model_dump() | {"precision": run_precision(cfg)}
     if cfg.method in FO_METHODS:

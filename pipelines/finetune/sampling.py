@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from zoplatform.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .finetune import FinetuneConfig
+    from .config import FinetuneConfig
 
 SMALL_TRAIN_TASKS = {"cb", "copa", "wsc"}  # dev = 100 (MeZO: CB/COPA; WSC has 554 train rows)
 

@@ -1,0 +1,4 @@
+"""``python -m pipelines.cli`` = ``zo``."""
+from pipelines.cli import main
+
+main()
