@@ -108,7 +108,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ..params import Block, direction_chunks, for_blocks, sync_, value
+from ..params import Block, add_tensor_, axpy_, direction_chunks, for_blocks, sync_, value
 from ..rng import block_seed, generator
 from ..types import StepRecord
 from .base import ZOConfig, ZOMethod, as_float
@@ -176,7 +176,8 @@ def _add_tiled_(z: torch.Tensor, start: int, a: torch.Tensor, alpha: float) -> N
 
 
 def _add_(dst: torch.Tensor, src: torch.Tensor, alpha: float) -> None:
-    """dst += alpha · src, casting src to dst's dtype when they differ."""
+    """dst += alpha · src, casting src to dst's dtype when they differ (LOREN's own buffers: the
+    row sums and the momentum; θ changes only through :mod:`zoplatform.params`)."""
     dst.add_(src if src.dtype == dst.dtype else src.to(dst.dtype), alpha=alpha)
 
 
@@ -254,56 +255,64 @@ class LOREN(ZOMethod):
         bracket = d * c.double() - m * a64 - (gs * (d * d - s) * m) * a64
         return bracket * (w * c_.eps ** 2 / math.sqrt(c_.damping + s))
 
-    # -- passes over one block ------------------------------------------------------
+    # -- passes over one block (θ written by params.axpy_ / add_tensor_; the working copy by sync_) --
     def _perturb(self, b: Block, a: torch.Tensor, seed: int, k: int, alpha: float,
                  c: torch.Tensor | None = None, coef: float | None = None) -> float:
         """θ += alpha·v_k.  Pass 1 adds alpha·u_k (and fills c = Σ_rows u_k when
         given); then the â part, −alpha·γ(â·u)/s·â, is one broadcast over rows.
         Restore (``coef`` given, alpha < 0) applies the two parts in reverse order.
         Returns γ(â·u)/s (the coefficient of â in v_k)."""
-        m, n = _shape(b)
-        rows = value(b).view(m, n)
+        m, _ = _shape(b)
         if coef is not None and coef != 0.0:  # restore: â part first (reverse order)
-            _add_(rows, a, -alpha * coef)
-        for start, theta, z in direction_chunks(b, seed, self.law, self.scratch, stream=k):
-            if c is not None:
-                _row_sum_(c, z, start)
-            _add_(theta, z, alpha)
+            add_tensor_([b], [a], -alpha * coef, sync=False)
+
+        def row_sum(start, theta, z):
+            _row_sum_(c, z, start)
+            return z
+
+        axpy_([b], seed, self.law, self.scratch, alpha, transform=None if c is None else row_sum, stream=k,
+              work_alpha=None)
         if coef is None:
             d, _, gs = self._coefs(a, c, m)
             coef = gs * d
             if coef != 0.0:
-                _add_(rows, a, -alpha * coef)
+                add_tensor_([b], [a], -alpha * coef, sync=False)
         return coef
+
+    def _v(self, a: torch.Tensor, coef: float):
+        """The chunk transform u_k → v_k = u_k − γ(â·u)/s·â (in the scratch chunk)."""
+        def v(start, theta, z):
+            if coef != 0.0:
+                _add_tiled_(z, start, a, -coef)
+            return z
+        return v
 
     def _apply(self, b: Block, a: torch.Tensor, seed: int, k: int, coef: float, cg: float,
                mom: torch.Tensor | None, lr: float, beta: float) -> None:
         """Per-query update of one block: v_k formed in the scratch chunk, then
         M ← β₁M + cg·v_k, θ ← β·θ − η·M  (1-D: θ ← β·θ − η·cg·v_k)."""
         b1 = self.config.momentum
-        mflat = mom.view(-1) if mom is not None else None
-        for start, theta, z in direction_chunks(b, seed, self.law, self.scratch, stream=k):
-            if coef != 0.0:
-                _add_tiled_(z, start, a, -coef)  # z ← u − γ(â·u)/s·â = v_k
-            if beta != 1.0:
-                theta.mul_(beta)
-            if mflat is not None:
-                mc = mflat[start:start + z.numel()]
-                mc.mul_(b1)
-                _add_(mc, z, cg)
-                if lr != 0.0:
-                    theta.add_(mc, alpha=-lr)
-            elif lr != 0.0 and cg != 0.0:
-                _add_(theta, z, -lr * cg)
+        v = self._v(a, coef)
+        if mom is None:
+            axpy_([b], seed, self.law, self.scratch, -lr * cg, beta=beta, transform=v, stream=k, work_alpha=None)
+            return
+        mflat = mom.view(-1)
+
+        def momentum(start, theta, z):  # M chunk ← β₁M + cg·v_k: what θ's chunk then moves by (× −η)
+            mc = mflat[start:start + z.numel()]
+            mc.mul_(b1)
+            _add_(mc, v(start, theta, z), cg)
+            return mc
+
+        axpy_([b], seed, self.law, self.scratch, -lr, beta=beta, transform=momentum, stream=k, work_alpha=None)
 
     def _accumulate(self, b: Block, a: torch.Tensor, seed: int, k: int, coef: float, alpha: float,
                     target: torch.Tensor) -> None:
-        """target += alpha·v_k (per-step mode)."""
+        """target += alpha·v_k (per-step mode; target: the momentum buffer)."""
         tflat = target.view(-1)
-        for start, _, z in direction_chunks(b, seed, self.law, self.scratch, stream=k):
-            if coef != 0.0:
-                _add_tiled_(z, start, a, -coef)
-            _add_(tflat[start:start + z.numel()], z, alpha)
+        v = self._v(a, coef)
+        for start, theta, z in direction_chunks(b, seed, self.law, self.scratch, stream=k):
+            _add_(tflat[start:start + z.numel()], v(start, theta, z), alpha)
 
     # -- the step ---------------------------------------------------------------------
     def step(self, state, blocks, closure, seed, lr):
@@ -367,17 +376,14 @@ class LOREN(ZOMethod):
                     mom.mul_(c.momentum)
                     for k in range(K):
                         self._accumulate(b, ab, seed, k, coefs[k], cg[k], mom)
-                    if betas[i] != 1.0:
-                        value(b).mul_(betas[i])
-                    if lr != 0.0:
-                        value(b).add_(mom, alpha=-lr)
+                    add_tensor_([b], [mom], -lr, beta=betas[i], sync=False)
                 else:  # θ ← βθ − η Σ_k g_k
-                    if betas[i] != 1.0:
-                        value(b).mul_(betas[i])
+                    add_tensor_([b], [None], 0.0, beta=betas[i], sync=False)
                     if lr != 0.0:
                         for k in range(K):
                             if cg[k] != 0.0:
-                                self._accumulate(b, ab, seed, k, coefs[k], -lr * cg[k], value(b))
+                                axpy_([b], seed, self.law, self.scratch, -lr * cg[k], transform=self._v(ab, coefs[k]),
+                                      stream=k, work_alpha=None)
                 if c.lr_cov != 0.0 or a_decay != 1.0:
                     grad = sum(self._grad_a(ab, rowsums[k][i], m, w[k]) for k in range(K)) / (K - 1)
                     a[b.name] = (ab.double() * a_decay - c.lr_cov * grad).float()
