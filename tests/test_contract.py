@@ -192,3 +192,25 @@ def test_golden_trajectory_on_a_tiny_lm(name):
     want = json.loads(path.read_text())
     flat = lambda t: [x for step in t for x in step]
     assert flat(got) == pytest.approx(flat(want), rel=1e-5, abs=1e-6)
+
+
+def _notes_headings() -> set[str]:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "method-notes.md").read_text()
+    return {line[3:].strip() for line in text.splitlines() if line.startswith("## ")}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_module_docstring_is_citation_rule_provenance_and_a_pointer(name):
+    """A method module's docstring is short (≤ 40 lines) and reads: the paper (an arXiv id), the update rule
+    (a literal block), its provenance and departures, and a pointer to its section of docs/method-notes.md,
+    where implementation notes and measurements live (issue 33)."""
+    import importlib
+    import re
+
+    doc = importlib.import_module(type(zoplatform.make(name)).__module__).__doc__
+    lines = doc.strip().splitlines()
+    assert len(lines) <= 40, f"{name}: module docstring has {len(lines)} lines; move notes to docs/method-notes.md"
+    assert re.search(r"arXiv:\d{4}\.\d{4,5}", doc), name
+    assert "::\n" in doc and "Provenance and departures" in doc, name
+    pointer = re.search(r"``docs/method-notes\.md``, ([^.\n]+)\.", doc)
+    assert pointer and pointer.group(1) in _notes_headings(), (name, pointer and pointer.group(1))

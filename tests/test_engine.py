@@ -6,8 +6,7 @@ import torch
 
 import zoplatform
 from zoplatform import rng
-from zoplatform.algorithms.base import two_point
-from zoplatform.params import Scratch, axpy_, blocks_from_named, model_blocks
+from zoplatform.params import Scratch, axpy_, blocks_from_named, model_blocks, two_point_
 
 
 def small_net(seed=0):
@@ -103,8 +102,7 @@ def test_two_point_estimate_is_unbiased_on_a_quadratic(law):
     for i in range(n):
         x = torch.nn.Parameter(x0.clone().float())
         blocks = blocks_from_named([("x", x)])
-        lp, lm = two_point(lambda: 0.5 * (x.double() @ A @ x.double()),
-                           lambda a: axpy_(blocks, i, L, s, a), 1e-2)
+        lp, lm = two_point_(blocks, i, L, s, lambda x=x: float(0.5 * (x.double() @ A @ x.double())), 1e-2)
         z = torch.zeros(d)
         axpy_([blocks[0].__class__("z", z, True, blocks[0].key)], i, L, s, 1.0)
         ests.append((lp - lm) / 2e-2 * z.double())

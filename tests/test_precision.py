@@ -157,7 +157,7 @@ def test_mixed_first_pass_writes_the_rounded_plus_point_and_moves_master_to_minu
     params.axpy_([params.Block("x", z, True, blocks[0].key)], 3, law, s, 1.0)
     base = torch.linspace(-1, 1, 5000)
     seen = []
-    lp, lm = params.two_point_(blocks, 3, law, s, lambda: seen.append(x.detach().clone()) or 0.0, 0.01)
+    params.two_point_(blocks, 3, law, s, lambda: seen.append(x.detach().clone()) or 0.0, 0.01)
     assert torch.equal(seen[0], torch.add(base - 0.01 * z, z, alpha=0.02).to(torch.bfloat16))
     torch.testing.assert_close(seen[1].float(), (base - 0.01 * z), rtol=0, atol=8e-3)
     assert torch.equal(blocks[0].master, base.add(z, alpha=-0.01))
@@ -169,3 +169,57 @@ def test_bad_precision_is_one_line():
         zoplatform.optimizer("mezo", [torch.nn.Parameter(torch.ones(3))], precision="bf32")
     with pytest.raises(ValueError, match="threads must be >= 1"):
         params.set_threads(0)
+
+
+WRITE_CASES = [(m, {}) for m in zoplatform.method_names()] + [
+    ("loren", {"update": "per_step"}), ("loren", {"update": "per_step", "momentum": 0.0}),
+    ("sparse-mezo", {"mask": "random"})]
+
+
+@pytest.mark.parametrize("prec", ["fp32", "bf16-mixed", "bf16-true"])
+@pytest.mark.parametrize("name,extra", WRITE_CASES, ids=lambda v: v if isinstance(v, str) else
+                         ",".join(f"{k}={x}" for k, x in v.items()) or "default")
+def test_every_parameter_write_goes_through_update_(monkeypatch, name, extra, prec):
+    """``params._update_`` is the one place parameter values change: at each of its calls and at
+    every forward, the weights (and fp32 masters) are bit for bit as its last call left them, so
+    no method, pass or precision mode writes them any other way."""
+    model = net()
+    if not precision.is_mixed(prec):
+        precision.cast_model_(model, prec)
+    opt = zoplatform.optimizer(name, model.named_parameters(), seed=5, precision=prec,
+                               **hyper(name, weight_decay=0.1, **extra))
+    precision.cast_model_(model, prec)
+
+    def tensors():
+        return [b.param.data for b in opt.blocks] + [b.master for b in opt.blocks if b.master is not None]
+
+    start = [t.clone() for t in tensors()]
+    last = [t.clone() for t in start]
+    calls = []
+
+    def unchanged(where):
+        assert all(torch.equal(a, b) for a, b in zip(last, tensors())), f"parameters changed outside _update_ ({where})"
+
+    real = params._update_
+
+    def guarded(*args, **kw):
+        unchanged("before an _update_ call")
+        real(*args, **kw)
+        calls.append(1)
+        last[:] = [t.clone() for t in tensors()]
+
+    monkeypatch.setattr(params, "_update_", guarded)
+    f = closure_for(model)
+
+    def forward():
+        unchanged("at a forward pass")
+        return f()
+
+    params.set_threads(1)  # the check compares between calls, so one block at a time
+    try:
+        for _ in range(2):
+            opt.step(forward)
+    finally:
+        params.set_threads(None)
+    unchanged("at the end of the steps")
+    assert calls and any(not torch.equal(a, b) for a, b in zip(start, tensors()))

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .params import blocks_from_named, sync_
+from .params import blocks_from_named, load_
 from .precision import check_precision, is_mixed, with_masters
 from .registry import get_method
 from .rng import step_seed
@@ -145,10 +145,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.param_groups[0]["lr"] = state["lr"]
         self.method_state = self.method.State.from_state_dict(state["method_state"])
         if "masters" in state:
-            with torch.no_grad():
-                for b in self.blocks:
-                    b.master.copy_(state["masters"][b.name])
-            sync_(self.blocks)
+            load_(self.blocks, [state["masters"][b.name] for b in self.blocks])
 
 
 def optimizer(name: str, params, **hyperparameters: Any) -> ZOOptimizer:

@@ -7,13 +7,26 @@ no-decay set is explicit: biases and the weights of normalisation modules
 substring: MeZO's substring rule decays LLaMA's ``model.norm``), plus any names
 the user adds.
 
-:func:`axpy_` is the only place parameters change:
+Parameters change in one place, :func:`_update_`:
 
-    θ_b ← β_b · θ_b + α_b · s_b · (m_b ⊙ z_b(seed))
+    θ ← β·θ + α·d,   then (mixed precision) the working copy ← low(θ + ω·d)
 
-with z_b regenerated chunk by chunk from ``(seed, key_b)``.  A perturbation is
-(β=1, α=±ε); MeZO's restore-plus-update is a single call (β = 1 − η·wd,
-α = ε·β − η·g), which is how a step needs 3 random passes instead of 4.
+on a tensor θ that is a block's parameter or, in a mixed-precision mode, its
+fp32 master.  Everything else reaches it through three public entry points:
+
+* :func:`axpy_` adds a seeded direction, θ_b ← β_b·θ_b + α_b·s_b·d_b with
+  d_b = z_b(seed) (or a method's ``transform`` of it: a mask, LOREN's v_k, a
+  momentum chunk) regenerated chunk by chunk from ``(seed, key_b)``.  A
+  perturbation is (β=1, α=±ε); MeZO's restore-plus-update is a single call
+  (β = 1 − η·wd, α = ε·β − η·g), which is how a step needs 3 random passes
+  instead of 4.  :func:`two_point_` and :func:`one_sided_` are built on it.
+* :func:`add_tensor_` adds a given tensor, θ_b ← β_b·θ_b + α_b·tile(t_b)
+  (LOREN's rank-1 term and momentum step).
+* :func:`sync_` rewrites working copies from their masters and :func:`load_`
+  sets θ from a checkpoint.
+
+``tests/test_precision.py::test_every_parameter_write_goes_through_update_``
+checks the claim for every method and precision mode.
 """
 from __future__ import annotations
 
@@ -90,9 +103,10 @@ def model_blocks(model: torch.nn.Module, extra_no_decay: Iterable[str] = ()) -> 
     return blocks_from_named(model.named_parameters(), no_decay_names(model, extra_no_decay))
 
 
-# A mask rule maps (θ chunk, flat offset of the chunk) -> 0/1 mask of the same
-# shape, or None for dense; used by Sparse MeZO.
-MaskRule = Callable[[torch.Tensor, int], torch.Tensor]
+# A chunk transform maps (flat offset of the chunk, θ chunk, z chunk) -> the tensor d that
+# :func:`axpy_` adds in place of z (a mask m ⊙ z, LOREN's v_k, a momentum chunk built from it).
+# It runs before the chunk is written, so the θ chunk it sees is θ as the pass found it.
+Transform = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Scratch:
@@ -209,6 +223,29 @@ def _per_block(x, n: int) -> list:
     return [x] * n if x is None or isinstance(x, (int, float, DirectionLaw)) else list(x)
 
 
+def _update_(theta: torch.Tensor, d: torch.Tensor | None, alpha: float, beta: float = 1.0,
+             work: torch.Tensor | None = None, work_alpha: float = 0.0) -> None:
+    """The one write of parameter values: in place, θ ← β·θ + α·d, then ``work`` ← low(θ + ω·d).
+
+    ``theta``: (a chunk or view of) a block's parameter or its fp32 master; ``d`` is cast to θ's
+    dtype when they differ (bf16/fp16 weights: directions are generated in fp32).  β = 0 assigns
+    (θ ← α·d, no multiply, so a non-finite θ does not leak).  ``work``: the matching part of the
+    low-precision working copy in a mixed-precision mode, rewritten from θ (ω = ``work_alpha`` = 0:
+    a rounding of θ; else of θ + ω·d, computed in ``d``'s storage, which it overwrites).
+    Coefficients are Python floats (fp64); a zero α and a unit β skip their pass."""
+    if beta == 0.0:
+        theta.copy_(d)
+        if alpha != 1.0:
+            theta.mul_(alpha)
+    else:
+        if beta != 1.0:
+            theta.mul_(beta)
+        if alpha != 0.0:
+            theta.add_(d if d.dtype == theta.dtype else d.to(theta.dtype), alpha=alpha)
+    if work is not None:
+        work.copy_(theta if work_alpha == 0.0 else torch.add(theta, d, alpha=work_alpha, out=d))
+
+
 @torch.no_grad()
 def axpy_(
     blocks: Sequence[Block],
@@ -218,40 +255,59 @@ def axpy_(
     alpha: float | Sequence[float],
     beta: float | Sequence[float] = 1.0,
     scale: Sequence[float] | None = None,
-    mask: MaskRule | None = None,
+    transform: Transform | None = None,
     stream: int = 0,
+    work_alpha: float | None = 0.0,
 ) -> None:
-    """In place, for every block b: θ_b ← β_b·θ_b + α_b·s_b·(m_b ⊙ z_b).
+    """In place, for every block b: θ_b ← β_b·θ_b + α_b·s_b·d_b, d_b = z_b(seed, stream).
 
     ``alpha``/``beta`` are scalars or one value per block; ``law`` one law or one
     per block (e.g. a masked or norm-measuring wrapper); ``scale`` (s_b) is an
     optional per-block direction scale (CurvZO's 1/π, ZO Fine-tuner's c·σ_b);
-    ``mask`` an optional rule giving m_b from the current θ chunk.  All
-    coefficients are Python floats (fp64) applied by one fused ``add_``.
-    Blocks run on :func:`get_threads` threads (:func:`for_blocks`).  With a
-    master copy (mixed precision) θ is the fp32 master and the low-precision
-    parameter is rewritten from it in the same pass.
+    ``transform`` an optional map of each z chunk to the d added in its place
+    (:data:`Transform`).  All coefficients are Python floats (fp64) applied by
+    one fused ``add_`` (:func:`_update_`).  Blocks run on :func:`get_threads`
+    threads (:func:`for_blocks`).  With a master copy (mixed precision) θ is
+    the fp32 master and the working copy is rewritten in the same pass as
+    low(θ + ω·s_b·d_b), ω = ``work_alpha`` (0: the new θ rounded); ``None``
+    leaves it for the caller's :func:`sync_` (a method with several passes).
     """
     n = len(blocks)
     alphas, betas, laws = _per_block(alpha, n), _per_block(beta, n), _per_block(law, n)
 
     def one(i: int) -> None:
         block = blocks[i]
-        a = alphas[i] * (1.0 if scale is None else scale[i])
-        b = betas[i]
-        work = block.param.data.view(-1) if block.master is not None else None
+        s = 1.0 if scale is None else scale[i]
+        a, b = alphas[i] * s, betas[i]
+        work = block.param.data.view(-1) if block.master is not None and work_alpha is not None else None
+        wa = 0.0 if work is None else work_alpha * s
         for start, theta, z in direction_chunks(block, seed, laws[i], scratch, stream):
-            if mask is not None:
-                z.mul_(mask(theta, start))
-            if b != 1.0:
-                theta.mul_(b)
-            if a != 0.0:
-                if theta.dtype == torch.float32:
-                    theta.add_(z, alpha=a)
-                else:  # bf16/fp16 weights: z generated in fp32, cast once per chunk
-                    theta.add_(z.to(theta.dtype), alpha=a)
-            if work is not None:
-                work[start:start + theta.numel()].copy_(theta)
+            d = z if transform is None else transform(start, theta, z)
+            _update_(theta, d, a, b, None if work is None else work[start:start + theta.numel()], wa)
+
+    for_blocks(blocks, one)
+
+
+@torch.no_grad()
+def add_tensor_(blocks: Sequence[Block], tensors: Sequence[torch.Tensor | None], alpha: float | Sequence[float],
+                beta: float | Sequence[float] = 1.0, sync: bool = True) -> None:
+    """In place, for every block b: θ_b ← β_b·θ_b + α_b·tile(t_b).
+
+    ``t_b`` has θ_b's size, or n entries with n dividing θ_b's size: it is then added to every row
+    of θ_b viewed as (−1, n) (LOREN's â = tile(a)); ``None`` only scales (θ_b ← β_b·θ_b).  θ is the
+    master in a mixed-precision mode; ``sync`` rewrites the working copy from it (``False``: the
+    caller's :func:`sync_` does, after its other passes)."""
+    n = len(blocks)
+    alphas, betas = _per_block(alpha, n), _per_block(beta, n)
+
+    def one(i: int) -> None:
+        block, t = blocks[i], tensors[i]
+        theta = value(block)
+        work = block.param.data if block.master is not None and sync else None
+        if t is not None and t.numel() != theta.numel():
+            theta = theta.view(-1, t.numel())
+            work = None if work is None else work.view(-1, t.numel())
+        _update_(theta, t, alphas[i], betas[i], work)
 
     for_blocks(blocks, one)
 
@@ -280,18 +336,9 @@ def two_point_(blocks: Sequence[Block], seed: int, law, scratch: Scratch, closur
         axpy_(blocks, seed, laws, scratch, -2.0 * eps, scale=scale, stream=stream)
         return loss_plus, closure()
 
-    def first(i: int) -> None:
-        block = blocks[i]
-        a = eps * (1.0 if scale is None else scale[i])
-        if block.master is None:
-            axpy_([block], seed, firsts[i], scratch, a, stream=stream)
-            return
-        work = block.param.data.view(-1)
-        for start, theta, z in direction_chunks(block, seed, firsts[i], scratch, stream):
-            theta.add_(z, alpha=-a)                       # master: θ − εu
-            work[start:start + theta.numel()].copy_(torch.add(theta, z, alpha=2.0 * a, out=z))  # low(θ + εu)
-
-    for_blocks(blocks, first)
+    # one pass: plain blocks θ + εu; mixed blocks master θ − εu and working copy low(master + 2εu)
+    axpy_(blocks, seed, firsts, scratch, [-eps if m else eps for m in mixed], scale=scale, stream=stream,
+          work_alpha=2.0 * eps)
     loss_plus = closure()
     plain = [b for b, m in zip(blocks, mixed) if not m]
     if plain:
@@ -314,16 +361,8 @@ def one_sided_(blocks: Sequence[Block], seed: int, law, scratch: Scratch, closur
     mixed = [b.master is not None for b in blocks]
     plain = [b for b, m in zip(blocks, mixed) if not m]
     low = [b for b, m in zip(blocks, mixed) if m]
-    if plain:
-        axpy_(plain, seed, law, scratch, eps, stream=stream)
-    if low:
-        def write(i: int) -> None:
-            block = low[i]
-            work = block.param.data.view(-1)
-            for start, theta, z in direction_chunks(block, seed, law, scratch, stream):
-                work[start:start + theta.numel()].copy_(torch.add(theta, z, alpha=eps, out=z))
-
-        for_blocks(low, write)
+    # plain blocks θ + εu; mixed blocks: master kept, working copy low(θ + εu)
+    axpy_(blocks, seed, law, scratch, [0.0 if m else eps for m in mixed], stream=stream, work_alpha=eps)
     loss = closure()
     if restore:
         if plain:
@@ -338,9 +377,20 @@ def sync_(blocks: Sequence[Block]) -> None:
     todo = [b for b in blocks if b.master is not None]
 
     def one(i: int) -> None:
-        todo[i].param.data.copy_(todo[i].master)
+        _update_(todo[i].master, None, 0.0, work=todo[i].param.data)
 
     for_blocks(todo, one)
+
+
+@torch.no_grad()
+def load_(blocks: Sequence[Block], tensors: Sequence[torch.Tensor]) -> None:
+    """Set every block's θ (its master in a mixed-precision mode, and the working copy from it)
+    to the given tensor (a checkpoint's)."""
+    def one(i: int) -> None:
+        b = blocks[i]
+        _update_(value(b), tensors[i], 1.0, beta=0.0, work=None if b.master is None else b.param.data)
+
+    for_blocks(blocks, one)
 
 
 def snapshot(blocks: Sequence[Block]) -> list[torch.Tensor]:

@@ -1,6 +1,6 @@
 """One composition file per method; importing this package registers them."""
 from ..registry import register
-from .base import ZOMethod, two_point
+from .base import ZOMethod
 from .curvzo import CurvZO, CurvZOConfig
 from .fzoo import FZOO, FZOOConfig
 from .loren import LOREN, LORENConfig
@@ -29,5 +29,4 @@ __all__ = [
     "ZOFinetuner",
     "ZOFinetunerConfig",
     "ZOMethod",
-    "two_point",
 ]

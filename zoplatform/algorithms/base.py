@@ -145,16 +145,3 @@ class ZOMethod:
         alphas = [eps * beta - st for beta, st in zip(betas, steps)]
         axpy_(blocks, seed, self.law if law is None else law, self.scratch, alphas, beta=betas, scale=scale,
               stream=stream)
-
-
-def two_point(closure: Closure, perturb: Callable[[float], None], eps: float) -> tuple[float, float]:
-    """SPSA's two evaluations on one batch: L(θ+εu), then L(θ−εu).
-
-    Leaves the parameters at θ − εu: the caller fuses the restore (+εu) with
-    its update, saving one pass over the random directions.
-    """
-    perturb(eps)
-    loss_plus = as_float(closure())
-    perturb(-2.0 * eps)
-    loss_minus = as_float(closure())
-    return loss_plus, loss_minus

@@ -1,12 +1,10 @@
 """CurvZO: curvature-guided sparse ZO with Horvitz–Thompson correction and an adaptive budget.
 
 Wang, Chen, Tang. *CurvZO.* ICML 2026, arXiv:2603.21725.  Spec:
-``docs/algorithms.md`` §4 (4.1 what the paper fixes, 4.2 the "paper" profile,
-4.3 the "port" profile, 4.4 the known weakness).  The official code was not
-consulted; 4.2 is a reconstruction from the paper's definitions.
+``docs/algorithms.md`` §4.  The official code was not consulted; the
+``paper`` profile is a reconstruction from the paper's definitions.
 
-Update rule (paper notation; blocks b = parameter tensors, d_b = numel,
-D = Σ_b d_b, f = budget as a fraction of D)::
+Update rule (blocks b = parameter tensors, d_b = numel, D = Σ_b d_b, f = budget fraction of D)::
 
     π_b = min(1, c·√S_b),   c from Σ_b d_b·π_b = f·D               (bisection)
     m_b ~ Bernoulli(π_b) independently  (at least one block)       (Poisson sampling)
@@ -17,102 +15,22 @@ D = Σ_b d_b, f = budget as a fraction of D)::
     every T_B steps:  v = S/mean S,  N_eff = (Σ√v)²/Σv,  H = entropy(v/Σv)/log N
         f ← clip(μ·f + (1 − μ)·[f_min + (f_max − f_min)(α·N_eff/N + (1 − α)(1 − H))], f_min, f_max)
 
-g̃ is unbiased for ∇L up to O(ε²) (Prop. 3.2); Var(g̃_i) ≤ C·F_ii/π_i
-(Prop. 3.3) motivates π ∝ √F, with S ≈ F estimated from the scalar feedback.
+Provenance and departures (``profile``)
+---------------------------------------
+* ``paper`` (default, §4.2): the rule above; β 0.1, f₀ 0.4, [f_min, f_max] =
+  [0.1, 0.8], α 0.7, T_B 20, μ 0.9, S₀ 1.  [recon] the signal is divided by
+  G, an EMA (κ 0.9) of Δ², so it is O(1) like S₀ (``score_normalise``).
+* ``port`` (§4.3) [port]: a third-party port's reading — budget in tensors,
+  π ∝ S with c ≤ 1/max p, credit |Δ|/G split by ‖z_b‖²/π_b².
+* ``contrast`` [recon, departure]: our fix for §4.4's discrimination failure —
+  the block's own share of Δ² (in-sample minus out-of-sample EMAs) as its
+  score, β 0.02, π ∈ [0.05, 0.95].
+* [recon] an empty Poisson draw is redrawn; the HT weight uses the realised
+  π̃_b = π_b / (1 − Π(1 − π_b)), so the estimate stays unbiased.
+* [recon] weight decay acts on the sampled blocks only (the spec's rule).
 
-Profiles (``profile``)
-----------------------
-``paper`` (default, §4.2): as above; β 0.1, f₀ 0.4, [f_min, f_max] = [0.1, 0.8],
-    α 0.7, T_B 20, μ 0.9, S₀ 1.  [recon] "normalised": the signal is divided
-    by G, a running mean (EMA κ = 0.9, started at the first Δ²) of Δ², so it is
-    O(1) like S₀ and comparable across training (Δ² shrinks as the loss falls).
-    Without it (``score_normalise=False``) S₀ = 1 meets raw signals of ~1e7 on
-    the synthetic problem: every block not drawn at step 1 keeps S = 1, gets
-    π ≈ 1e-3 and a 1/π-amplified step when drawn — measured final loss 13,351
-    against MeZO's 559 (seed 0, best lr of the grid).
-``port`` (§4.3, for comparison): a third-party port's reading.  Budget in
-    *tensors* (k = ⌊f·N⌋), π ∝ S (not √S) with c restricted to [0, 1/max p] —
-    which under-fills the budget when scores are uneven (Σπ = min(k, 1/max p));
-    credit r = |Δ|/G with G an EMA (0.9) of |Δ| from 1e-8 (updated before r is
-    formed [recon]), split among the sampled blocks by w_b ∝ ‖z_b‖²/π_b²:
-    S_b ← 0.9 S_b + 0.1 r w_b.  The port's unused "exploration α" is not invented.
-``contrast`` (our fix for §4.4's discrimination failure, see below): the
-    block's *own share* of Δ² as its score, β 0.02, and π ∈ [0.05, 0.95].
-
-Why the fix, and what it does not fix (§4.4; ``benchmarks/curvzo_synthetic.py``)
--------------------------------------------------------------------------------
-With Gaussian z, E[Δ²‖z_b‖²/d_b | b sampled] = Σ_{b'∈S} ‖∇_b'‖² + 2‖∇_b‖²/d_b:
-every sampled block receives the *whole* Δ², and its own share enters only
-through the 2/d_b term.  Scores differ only through which blocks happen to
-share a step, so they stay nearly uniform, and the budget drifts up to
-≈ 0.59 because N_eff/N → 1.
-
-Poisson sampling gives the missing identity for free:
-E[Δ² | b ∈ S] − E[Δ² | b ∉ S] = ‖∇_b‖² exactly (other blocks' inclusion is
-independent of b's).  The ``contrast`` profile keeps two EMAs per block (of
-Δ²/G over the steps that sampled b, and over the steps that did not), takes
-share_b = max(in_b − out_b, 0) and scores S_b = share_b + ρ·mean(share) (ρ = 1:
-a block whose share is not detectable gets the average share rather than the
-floor); π = clip(c·√S_b, π_floor, 1 − π_floor) so both EMAs keep receiving data
-and 1/π ≤ 20.  The difference of two noisy means needs a longer EMA (β 0.02).
-Memory: one more scalar per block.
-
-Evidence (64 tensors × 16, 2 with 1000× curvature, 1000 steps = 2000 forward
-passes, lr grid 1.56e-6…5e-5 ×2, best lr each, mean of seeds 0-2):
-
-    method            final loss   hot/mean score   hot blocks' π̂   budget      fwd to 10 % of L₀
-    MeZO              568.7        –                1                –           510
-    curvzo/paper      586.7        1.07             0.63             0.40→0.58   482
-    curvzo/port       579.6        0.98             0.58             0.40→0.59   454
-    curvzo/contrast   608.1        2.68             0.83             0.40→0.56   462
-
-The contrast score finds the hot blocks (hot/mean 2.7 vs 1.0; they are drawn
-83 % of the steps vs 63 %) and every CurvZO profile gets the hot blocks down
-faster than MeZO early on — but at equal forward passes all three end *above*
-MeZO, the contrast profile furthest.  The final loss is almost entirely the
-cold blocks', and it ends above their initial loss for every method: while the
-hot blocks carry the gradient, Δ is dominated by them and every sampled cold
-block takes the step Δ·z_b/π_b.  Its expected step does not depend on π_b, but
-the noise it receives scales as E[Δ²]/π_b, so any π_b < 1 heats the cold blocks
-more than MeZO's π ≡ 1, and concentrating π on the hot blocks (lower π on the
-rest) heats them most.  With independent Poisson sampling and scalar
-feedback this is structural: sampling by score saves *direction generation*
-(``zo bench step-cost``), not forward passes, on this problem.  Whatever
-ships as CurvZO has to show its gain on real tasks; this benchmark does not
-show one.
-
-Implementation notes
---------------------
-* Directions are generated only for the sampled blocks (the sampled sub-list
-  goes to :func:`~zoplatform.params.axpy_`), so a step's random-direction cost
-  is ∝ f; unsampled blocks are not touched at all (bit-identical).  Measured
-  with ``zo bench step-cost`` on SmolLM2-135M (CPU, 1 thread, batch 8,
-  gaussian; forward 0.51 s, one dense direction pass 0.34 s): a step takes
-  1.10 / 1.61 / 1.97 s at budgets 0.1 / 0.4 / 0.8 against MeZO's 2.05 s.
-* ≥ 1 block: an empty Poisson draw is redrawn from the same generator.  The
-  realised inclusion probability is then π̃_b = π_b / (1 − P₀), P₀ = Π(1 − π_b),
-  and the HT weight uses π̃ so the estimator stays exactly unbiased (P₀ is
-  negligible with many blocks; with a single block π̃ = 1 and the step is MeZO's).
-* Coin flips come from a generator seeded by the step seed (stream
-  ``_SAMPLE_STREAM``), so ``step`` is a deterministic function of (state, seed,
-  losses, lr) and a trajectory replays bit-exactly.
-* Restore and update are fused as in MeZO (three passes over the sampled
-  directions): θ_b ← β_b·θ'_b + (ε β_b − η Δ/π̃_b)·z_b with θ' = θ − εz_b and
-  β_b = 1 − ηλ — the per-block HT scale s_b = 1/π̃_b folded into α_b.
-* Weight decay acts on the sampled blocks only (the spec's rule; its
-  expectation is π̃_b·λ).
-* ‖z_b‖² is accumulated while the first pass generates z (a tap on the
-  direction law), so the score costs no extra pass.
-
-Example — a quadratic over 8 tensors:
-
->>> import torch, zoplatform
->>> xs = [torch.nn.Parameter(torch.ones(4)) for _ in range(8)]
->>> opt = zoplatform.optimizer("curvzo", [(f"x{i}", x) for i, x in enumerate(xs)], lr=0.02, eps=1e-3)
->>> for _ in range(300):
-...     _ = opt.step(lambda: sum((x ** 2).sum() for x in xs))
->>> bool(sum((x ** 2).sum() for x in xs) < 8.0)
-True
+Why ``contrast``, the synthetic benchmark (no profile beats MeZO there) and
+timings: ``docs/method-notes.md``, CurvZO.
 """
 from __future__ import annotations
 
@@ -342,7 +260,18 @@ PROFILE_CLASSES = {p.name: p for p in (PaperProfile, PortProfile, ContrastProfil
 
 
 class CurvZO(ZOMethod):
-    """CurvZO with the ``paper`` (default), ``port`` and ``contrast`` profiles (:class:`Profile` strategies)."""
+    """CurvZO with the ``paper`` (default), ``port`` and ``contrast`` profiles (:class:`Profile` strategies).
+
+    Example — a quadratic over 8 tensors:
+
+    >>> import torch, zoplatform
+    >>> xs = [torch.nn.Parameter(torch.ones(4)) for _ in range(8)]
+    >>> opt = zoplatform.optimizer("curvzo", [(f"x{i}", x) for i, x in enumerate(xs)], lr=0.02, eps=1e-3)
+    >>> for _ in range(300):
+    ...     _ = opt.step(lambda: sum((x ** 2).sum() for x in xs))
+    >>> bool(sum((x ** 2).sum() for x in xs) < 8.0)
+    True
+    """
 
     name = "curvzo"
     paper = "Wang, Chen, Tang, CurvZO, ICML 2026, arXiv:2603.21725"

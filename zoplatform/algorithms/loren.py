@@ -5,98 +5,34 @@ Optimization for LLM Fine-Tuning.* AAAI 2026, arXiv:2511.07971; code
 ``hseung88/loren`` (``model/glue_transformer_loren.py``).  Spec:
 ``docs/algorithms.md`` §3.
 
-Idea (paper): preconditioning a ZO step is sampling the perturbation from an
-anisotropic Gaussian N(0, ε²Σ) with Σ ≈ H̃⁻¹; the curvature model H̃ is
-low-rank block-diagonal and learned by natural-evolution-strategy (score
-function) steps; the gradient estimate uses K one-sided queries with a
-REINFORCE-leave-one-out (RLOO) baseline.
+Update rule (per tensor W ∈ R^{m×n}, 1-D tensors m = 1; K one-sided queries on one batch)::
 
-Sampler (per parameter tensor W ∈ R^{m×n}; 1-D tensors: n = numel, m = 1)::
-
-    a ∈ Rⁿ (init a_init·randn),  â = tile(a, m rows) ∈ R^{mn},  s = ‖â‖² = m‖a‖²
-    γ = 1 + √(λ/(λ+s))
-    v = u − γ (â·u)/s · â,        u ~ N(0, I)
-    ⇒ Cov(v) = I − ââᵀ/(λ+s) = λ(λI + ââᵀ)⁻¹           (Sherman–Morrison; H̃ ∝ λI + ââᵀ)
-
-Step (K one-sided queries on one batch, no centre evaluation)::
-
-    f_k = L(θ + ε v_k; B),  k = 1..K;   w_k = f_k − mean(f)
-    g_k = w_k v_k / (ε (K−1))                          # Σ_k g_k is the RLOO estimate of Σ∇L
-    2-D tensors:  M ← β₁ M + g_k;  step = M             # heavy ball, no (1 − β₁)
-    1-D tensors:  step = g_k
-    θ ← θ (1 − η·wd) − η · step                         (wd on decayed blocks only)
+    â = tile(a, m rows),  s = ‖â‖² = m‖a‖²,  γ = 1 + √(λ/(λ+s))
+    v_k = u_k − γ (â·u_k)/s · â,  u_k ~ N(0, I)        # Cov(v) = λ(λI + ââᵀ)⁻¹
+    f_k = L(θ + ε v_k; B);  w_k = f_k − mean(f);  g_k = w_k v_k / (ε (K−1))
+    M ← β₁ M + g_k;  θ ← θ (1 − η·wd) − η · M          (1-D tensors: g_k for M)
     ∇_a = (w_k ε² / (√(λ+s) (K−1))) · Σ_rows [ (â·u)u − â − γ((â·u)² − s)/s · â ]
     a ← a (1 − η_cov·wd) − η_cov ∇_a
 
-∇_a is the REINFORCE gradient of E[L(θ + εv)] with respect to a, rescaled:
-∇_â log N(v; 0, Σ) = â/(λ+s) − (â·v)v/λ, and the bracket above divided by
-√(λ+s) equals √λ·∇_â log p(v) (checked by hand; the ε²√λ factor is the
-code's, effectively part of η_cov).
+``update="per_query"`` (default, the authors' code) applies g_k, the decay and
+the a-update once per query, with v_k and ∇_a rebuilt at the current a;
+``update="per_step"`` (the paper) applies Σ_k g_k once, at the step's a.
 
-Update modes (``update``)
+Provenance and departures
 -------------------------
-``per_query`` (default, the authors' code): after all K evaluations, loop
-    k = 1..K and apply g_k, the momentum update, the weight decay and the
-    a-update once per query — θ, M and a change K times per step (decay is
-    applied K times).  Like the code, v_k and ∇_a of query k are rebuilt with
-    the *current* a, i.e. already moved by queries 1..k−1 (an O(η_cov)
-    difference from the a the loss was measured at).
-``per_step`` (the paper's description): one update per step with the RLOO
-    estimate g = Σ_k g_k, M ← β₁M + g, θ ← θ(1 − η·wd) − η·step, and
-    a ← a(1 − η_cov·wd) − η_cov Σ_k ∇_a(k), all at the step's a.
+* [code] one global rank-1 term per tensor (one â·u over the whole matrix).
+  **Departure from the paper's text**, whose H̃ = I_m ⊗ (ρI + aaᵀ) is
+  row-wise; the row-wise reading is not implemented.
+* [code] randn init of a, λ = 0.1, ε = 1e-3, lr_cov 1e-3, β₁ 0.9, momentum
+  only on ≥2-D tensors, weight decay also on a, ∇_a's ε² scale.
+* [paper] K = 6 (the code's CLI default is 10) and the ``per_step`` mode;
+  lr 1e-6 like the other methods (the paper's grid is not recoverable).
+* [recon] ≥3-D tensors use n = last dim (the code's ``size(1)`` breaks its
+  row sum there); a is fp32 whatever the weights' dtype; a is drawn at the
+  first step from that step's seed (stream ``_A_STREAM``), so it replays.
+* ``a_init = 0`` freezes a at 0 (s = 0 ⇒ v = u): isotropic RLOO, an ablation.
 
-What follows the code and what the paper
-----------------------------------------
-* [code] global rank-1 term per tensor: one dot product â·u over the whole
-  matrix (H̃ ∝ λI + (1ₘ1ₘᵀ) ⊗ aaᵀ).  **Discrepancy** (§3.1): the paper's
-  summary states H̃ = I_m ⊗ (ρI + aaᵀ), a *row-wise* rank-1 term (m dot
-  products per matrix).  We follow the code; the row-wise reading is not
-  implemented.
-* [code] randn init of a, damping λ = 0.1, ε = 1e-3, lr_cov 1e-3 (README),
-  β₁ 0.9, momentum only on ≥2-D tensors, weight decay also on a, ∇_a's scale.
-* [code] K: the CLI default is 10; we default to the paper's K = 6 [note].
-* [paper] the ``per_step`` mode.  The main lr grid is not recoverable; lr
-  defaults to 1e-6 like the other methods.
-* [recon] tensors with more than 2 dims use n = last dim (the code uses
-  ``size(1)``, equal for matrices, which breaks its row sum for ≥3-D tensors).
-* [recon] a is kept in fp32 whatever the weights' dtype (the code uses the
-  weights' dtype); the momentum buffer has the weights' dtype (as the code).
-* [recon] a is drawn at the first step from that step's seed (stream
-  ``_A_STREAM`` of each block's key), so it is derived from the run seed and
-  replays exactly; ``init`` allocates only the momentum buffers.
-* ``a_init = 0`` freezes a at 0 (s = 0 ⇒ v = u, ∇_a = 0): isotropic RLOO, the
-  ablation used by the tests and the Fig-1a benchmark.
-* Small tensors: with a ~ randn, Cov(v) starts at variance λ/(λ+s) ≈ 0.01
-  along â, so on a 10-entry tensor one of ten directions barely moves until a
-  learns (with the code's ε²-scaled ∇_a that takes long).  On the engine's 10-D
-  quadratic (300 steps, lr 0.05) the loss ratio is 0.005-0.11 over seeds 0-7
-  (MeZO-like otherwise); on LLM matrices (s ≈ m·n) this is one direction of
-  ~10⁶ and does not matter.
-
-Implementation notes
---------------------
-* Memory: inference + one full-size momentum buffer per ≥2-D tensor + O(n)
-  per tensor (a, and the K row sums Σ_rows u_k kept between the evaluation and
-  update phases) + one scratch chunk.  No full-size temporaries: u is
-  regenerated chunk by chunk from (step seed, block key, stream = query k).
-* â·u = a·(Σ_rows u), so the row sum c_k = Σ_rows u_k is accumulated while the
-  perturbation pass adds εu to θ; the −εγ(â·u)/s·â part of the perturbation is
-  one broadcast add of a over the rows (no random numbers).  The update phase
-  regenerates u_k once more and forms v_k in the scratch chunk.  Random
-  passes per step: 3K (perturb, restore, update), as in the code.
-* θ is restored by subtracting the same terms in reverse order; as in MeZO it
-  is restored to rounding, not bit-exactly.  ``replay`` re-executes the same
-  arithmetic, so trajectories replay bit-exactly.
-
-Example — a 10-D quadratic:
-
->>> import torch, zoplatform
->>> x = torch.nn.Parameter(torch.ones(10))
->>> opt = zoplatform.optimizer("loren", [("x", x)], lr=0.05, eps=1e-3, seed=0)
->>> for _ in range(200):
-...     _ = opt.step(lambda: (x ** 2).sum())
->>> bool((x ** 2).sum() < 1.0)
-True
+Implementation (passes, memory, restore, small tensors): ``docs/method-notes.md``, LOREN.
 """
 from __future__ import annotations
 
@@ -108,7 +44,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ..params import Block, direction_chunks, for_blocks, sync_, value
+from ..params import Block, add_tensor_, axpy_, direction_chunks, for_blocks, sync_, value
 from ..rng import block_seed, generator
 from ..types import StepRecord
 from .base import ZOConfig, ZOMethod, as_float
@@ -176,7 +112,8 @@ def _add_tiled_(z: torch.Tensor, start: int, a: torch.Tensor, alpha: float) -> N
 
 
 def _add_(dst: torch.Tensor, src: torch.Tensor, alpha: float) -> None:
-    """dst += alpha · src, casting src to dst's dtype when they differ."""
+    """dst += alpha · src, casting src to dst's dtype when they differ (LOREN's own buffers: the
+    row sums and the momentum; θ changes only through :mod:`zoplatform.params`)."""
     dst.add_(src if src.dtype == dst.dtype else src.to(dst.dtype), alpha=alpha)
 
 
@@ -200,7 +137,18 @@ class LORENState(State):
 
 
 class LOREN(ZOMethod):
-    """LOREN (AAAI 2026) with the authors' per-query update or the paper's per-step update."""
+    """LOREN (AAAI 2026) with the authors' per-query update or the paper's per-step update.
+
+    Example — a 10-D quadratic:
+
+    >>> import torch, zoplatform
+    >>> x = torch.nn.Parameter(torch.ones(10))
+    >>> opt = zoplatform.optimizer("loren", [("x", x)], lr=0.05, eps=1e-3, seed=0)
+    >>> for _ in range(200):
+    ...     _ = opt.step(lambda: (x ** 2).sum())
+    >>> bool((x ** 2).sum() < 1.0)
+    True
+    """
 
     name = "loren"
     paper = "Seung, Lee, Ko, LOREN, AAAI 2026, arXiv:2511.07971"
@@ -254,56 +202,64 @@ class LOREN(ZOMethod):
         bracket = d * c.double() - m * a64 - (gs * (d * d - s) * m) * a64
         return bracket * (w * c_.eps ** 2 / math.sqrt(c_.damping + s))
 
-    # -- passes over one block ------------------------------------------------------
+    # -- passes over one block (θ written by params.axpy_ / add_tensor_; the working copy by sync_) --
     def _perturb(self, b: Block, a: torch.Tensor, seed: int, k: int, alpha: float,
                  c: torch.Tensor | None = None, coef: float | None = None) -> float:
         """θ += alpha·v_k.  Pass 1 adds alpha·u_k (and fills c = Σ_rows u_k when
         given); then the â part, −alpha·γ(â·u)/s·â, is one broadcast over rows.
         Restore (``coef`` given, alpha < 0) applies the two parts in reverse order.
         Returns γ(â·u)/s (the coefficient of â in v_k)."""
-        m, n = _shape(b)
-        rows = value(b).view(m, n)
+        m, _ = _shape(b)
         if coef is not None and coef != 0.0:  # restore: â part first (reverse order)
-            _add_(rows, a, -alpha * coef)
-        for start, theta, z in direction_chunks(b, seed, self.law, self.scratch, stream=k):
-            if c is not None:
-                _row_sum_(c, z, start)
-            _add_(theta, z, alpha)
+            add_tensor_([b], [a], -alpha * coef, sync=False)
+
+        def row_sum(start, theta, z):
+            _row_sum_(c, z, start)
+            return z
+
+        axpy_([b], seed, self.law, self.scratch, alpha, transform=None if c is None else row_sum, stream=k,
+              work_alpha=None)
         if coef is None:
             d, _, gs = self._coefs(a, c, m)
             coef = gs * d
             if coef != 0.0:
-                _add_(rows, a, -alpha * coef)
+                add_tensor_([b], [a], -alpha * coef, sync=False)
         return coef
+
+    def _v(self, a: torch.Tensor, coef: float):
+        """The chunk transform u_k → v_k = u_k − γ(â·u)/s·â (in the scratch chunk)."""
+        def v(start, theta, z):
+            if coef != 0.0:
+                _add_tiled_(z, start, a, -coef)
+            return z
+        return v
 
     def _apply(self, b: Block, a: torch.Tensor, seed: int, k: int, coef: float, cg: float,
                mom: torch.Tensor | None, lr: float, beta: float) -> None:
         """Per-query update of one block: v_k formed in the scratch chunk, then
         M ← β₁M + cg·v_k, θ ← β·θ − η·M  (1-D: θ ← β·θ − η·cg·v_k)."""
         b1 = self.config.momentum
-        mflat = mom.view(-1) if mom is not None else None
-        for start, theta, z in direction_chunks(b, seed, self.law, self.scratch, stream=k):
-            if coef != 0.0:
-                _add_tiled_(z, start, a, -coef)  # z ← u − γ(â·u)/s·â = v_k
-            if beta != 1.0:
-                theta.mul_(beta)
-            if mflat is not None:
-                mc = mflat[start:start + z.numel()]
-                mc.mul_(b1)
-                _add_(mc, z, cg)
-                if lr != 0.0:
-                    theta.add_(mc, alpha=-lr)
-            elif lr != 0.0 and cg != 0.0:
-                _add_(theta, z, -lr * cg)
+        v = self._v(a, coef)
+        if mom is None:
+            axpy_([b], seed, self.law, self.scratch, -lr * cg, beta=beta, transform=v, stream=k, work_alpha=None)
+            return
+        mflat = mom.view(-1)
+
+        def momentum(start, theta, z):  # M chunk ← β₁M + cg·v_k: what θ's chunk then moves by (× −η)
+            mc = mflat[start:start + z.numel()]
+            mc.mul_(b1)
+            _add_(mc, v(start, theta, z), cg)
+            return mc
+
+        axpy_([b], seed, self.law, self.scratch, -lr, beta=beta, transform=momentum, stream=k, work_alpha=None)
 
     def _accumulate(self, b: Block, a: torch.Tensor, seed: int, k: int, coef: float, alpha: float,
                     target: torch.Tensor) -> None:
-        """target += alpha·v_k (per-step mode)."""
+        """target += alpha·v_k (per-step mode; target: the momentum buffer)."""
         tflat = target.view(-1)
-        for start, _, z in direction_chunks(b, seed, self.law, self.scratch, stream=k):
-            if coef != 0.0:
-                _add_tiled_(z, start, a, -coef)
-            _add_(tflat[start:start + z.numel()], z, alpha)
+        v = self._v(a, coef)
+        for start, theta, z in direction_chunks(b, seed, self.law, self.scratch, stream=k):
+            _add_(tflat[start:start + z.numel()], v(start, theta, z), alpha)
 
     # -- the step ---------------------------------------------------------------------
     def step(self, state, blocks, closure, seed, lr):
@@ -367,17 +323,14 @@ class LOREN(ZOMethod):
                     mom.mul_(c.momentum)
                     for k in range(K):
                         self._accumulate(b, ab, seed, k, coefs[k], cg[k], mom)
-                    if betas[i] != 1.0:
-                        value(b).mul_(betas[i])
-                    if lr != 0.0:
-                        value(b).add_(mom, alpha=-lr)
+                    add_tensor_([b], [mom], -lr, beta=betas[i], sync=False)
                 else:  # θ ← βθ − η Σ_k g_k
-                    if betas[i] != 1.0:
-                        value(b).mul_(betas[i])
+                    add_tensor_([b], [None], 0.0, beta=betas[i], sync=False)
                     if lr != 0.0:
                         for k in range(K):
                             if cg[k] != 0.0:
-                                self._accumulate(b, ab, seed, k, coefs[k], -lr * cg[k], value(b))
+                                axpy_([b], seed, self.law, self.scratch, -lr * cg[k], transform=self._v(ab, coefs[k]),
+                                      stream=k, work_alpha=None)
                 if c.lr_cov != 0.0 or a_decay != 1.0:
                     grad = sum(self._grad_a(ab, rowsums[k][i], m, w[k]) for k in range(K)) / (K - 1)
                     a[b.name] = (ab.double() * a_decay - c.lr_cov * grad).float()

@@ -1,7 +1,8 @@
 """MeZO: memory-efficient zeroth-order SGD (SPSA with seed-replayed directions).
 
 Malladi, Gao, Nichani, Damian, Lee, Chen, Arora. *Fine-Tuning Language Models
-with Just Forward Passes.* NeurIPS 2023. arXiv:2305.17333.
+with Just Forward Passes.* NeurIPS 2023, arXiv:2305.17333; code
+``princeton-nlp/MeZO``.  Spec: ``docs/algorithms.md`` §1.
 
 Update rule (one SPSA sample per step, directions regenerated from the step
 seed s, never stored)::
@@ -10,20 +11,16 @@ seed s, never stored)::
     g  = (L(θ + εz; B) − L(θ − εz; B)) / (2ε)          # projected gradient
     θ ← θ − η · (g·z + λ·θ)    (λ = 0 for biases and normalisation weights)
 
-Implementation: the reference does perturb(+ε), perturb(−2ε), restore(+ε) and
-the update as four passes over z.  Here restore and update are one fused pass,
-θ ← (θ − εz + εz)(1 − ηλ) − ηg·z  =  (1 − ηλ)·θ' + (ε(1 − ηλ) − ηg)·z  with θ'
-the θ − εz left by the second evaluation: three passes per step.
+Provenance and departures
+-------------------------
+* [code] the rule, the defaults (lr 1e-6, ε 1e-3, no weight decay) and the
+  seed trick (z regenerated, never stored).
+* [recon] restore and update fused into one pass (three passes over z per
+  step instead of the code's four): the same rule, up to fp rounding.
+* [recon] the no-decay set is found by module type (normalisation modules),
+  not by the code's parameter-name substring.
 
-Example — a 10-D quadratic:
-
->>> import torch, zoplatform
->>> x = torch.nn.Parameter(torch.ones(10))
->>> opt = zoplatform.optimizer("mezo", [x], lr=0.05, eps=1e-3, seed=0)
->>> for _ in range(200):
-...     _ = opt.step(lambda: (x ** 2).sum())
->>> bool((x ** 2).sum() < 1.0)
-True
+Notes: ``docs/method-notes.md``, MeZO.
 """
 from __future__ import annotations
 
@@ -36,6 +33,19 @@ class MeZOConfig(SPSAConfig):
 
 
 class MeZO(ZOMethod):
+    """MeZO (NeurIPS 2023): two-point SPSA, restore and update fused.
+
+    Example — a 10-D quadratic:
+
+    >>> import torch, zoplatform
+    >>> x = torch.nn.Parameter(torch.ones(10))
+    >>> opt = zoplatform.optimizer("mezo", [x], lr=0.05, eps=1e-3, seed=0)
+    >>> for _ in range(200):
+    ...     _ = opt.step(lambda: (x ** 2).sum())
+    >>> bool((x ** 2).sum() < 1.0)
+    True
+    """
+
     name = "mezo"
     paper = "Malladi et al., NeurIPS 2023, arXiv:2305.17333"
     Config = MeZOConfig

@@ -14,62 +14,24 @@ Update rule (one SPSA sample per step, z regenerated from the step seed)::
 so only the ``1 − sparsity`` fraction of smallest-|θ| entries of each masked
 tensor is perturbed and updated (sparsity 0.8: the 20 % smallest).
 
-Implementation
---------------
-* **Dynamic mask, cached threshold** [recon].  The mask is recomputed from the
-  *current* weights at every step; only the scalar threshold ``h_l`` per tensor
-  is state, refreshed every ``threshold_every`` steps by ``kthvalue`` on |θ_l|
-  (on a fixed-size seeded subsample of ``threshold_sample`` entries for larger
-  tensors: the quantile's standard error is √(p(1−p)/n) ≈ 0.16 % of the
-  entries at the default 65,536).  ``threshold_every=1`` re-derives h_l every
-  step like the paper; the default 100 avoids a per-step quantile over every
-  matrix while weights move by O(η) per step.
-* **One mask for the whole step, exactly.**  The perturbation moves the masked
-  entries (θ → θ ± εm⊙z), so re-evaluating ``|θ| ≤ h`` in the second and third
-  passes would not reproduce the base mask.  The first pass therefore stores
-  the mask *bit-packed* (1 bit per entry, uint8, one contiguous buffer per
-  device) and the −2ε and restore+update passes unpack it; the bits are freed
-  when the step ends.  (The paper's alternative, a per-layer forward hook that
-  never writes W during the evaluations, needs a model-specific forward; this
-  keeps the model-agnostic closure interface.)
-* **Compact generation.**  Only the kept entries get random numbers: a chunk's
-  k kept entries take the next k draws of the block's stream (cumsum of the
-  mask ranks them, one gather places them; the rest of z is 0).  At sparsity
-  0.8 a pass draws a fifth of MeZO's numbers, which pays for the mask work: on
-  SmolLM2-135M (CPU, 1 thread, batch 8, gaussian) a step took 1.87 s against
-  MeZO's 2.02 s (``zo bench step-cost``; forward 0.56 s, one dense direction
-  pass 0.33 s).  The direction law of the kept entries is the configured one.
-* **Memory.**  During a step: numel/8 bytes per masked tensor (3.1 % of fp32,
-  6.25 % of bf16 weights) plus two chunk-sized buffers (8 MiB at the default
-  chunk); nothing between steps.  Measured peak RSS on SmolLM2-135M: 1.039×
-  an inference forward's (MeZO 1.001×).
-* **Which tensors are masked** (``masked``): ``"matrices"`` (every 2-D tensor:
-  linear weights and embeddings; the spec's default), ``"decayed"`` (every
-  decayed tensor) or ``"all"``.  The others are perturbed densely as in MeZO
-  (``unmasked="dense"``) or left untouched (``unmasked="frozen"``).
-* **Random-mask ablation** (``mask="random"``, the paper's R-MeZO): the same
-  density, a fresh Bernoulli(1 − sparsity) mask per step and tensor drawn from
-  the step seed (stream ``_RANDOM_MASK_STREAM``), built in the first pass and
-  kept bit-packed like the magnitude mask.  Drawing a uniform per entry for
-  the mask makes its step ~10 % dearer than MeZO's on CPU (2.24 s vs 2.02 s).
-* Restore and update are fused as in MeZO (three passes over the directions):
-  θ ← (1 − ηλ)·θ' + (ε(1 − ηλ) − ηg)·m⊙z, θ' = θ − εm⊙z.  Weight decay acts on
-  the whole tensor, masked or not.
-* On a plain quadratic the magnitude mask is a poor fit by design: it never
-  updates the large entries, which carry most of such a loss.
+Provenance and departures
+-------------------------
+* [paper] the rule, the mask recomputed from the current weights each step,
+  and the random-mask ablation R-MeZO (``mask="random"``: a fresh
+  Bernoulli(1 − sparsity) mask per step and tensor, from the step seed).
+* [recon] **cached threshold**: h_l is refreshed every ``threshold_every``
+  steps (default 100; 1 is the paper's every step), by ``kthvalue`` on a
+  seeded subsample of ``threshold_sample`` entries for larger tensors.
+* [recon] **one mask per step**: the first pass stores it bit-packed and the
+  other two passes reuse it (the paper uses a per-layer forward hook instead,
+  which needs a model-specific forward).
+* [recon] only the kept entries get random numbers (compact generation), so
+  z differs from MeZO's z masked; the law of the kept entries is the same.
+* [recon] which tensors are masked (``masked``: every 2-D tensor by default,
+  the spec's); the others are dense as in MeZO or frozen (``unmasked``).
+  Weight decay acts on the whole tensor, masked or not.
 
-Example — one step touches only the 20 % smallest-|θ| entries:
-
->>> import torch, zoplatform
->>> x = torch.nn.Parameter(torch.randn(10, 10, generator=torch.Generator().manual_seed(0)))
->>> x0 = x.detach().clone()
->>> opt = zoplatform.optimizer("sparse-mezo", [("x", x)], lr=0.01, eps=1e-3, sparsity=0.8)
->>> _ = opt.step(lambda: ((x - 1.0) ** 2).sum())
->>> changed = x.detach() != x0
->>> int(changed.sum())
-20
->>> bool(x0.abs()[changed].max() <= x0.abs()[~changed].min())
-True
+Implementation, memory and timings: ``docs/method-notes.md``, Sparse MeZO.
 """
 from __future__ import annotations
 
@@ -256,7 +218,21 @@ class SparseMeZOState(State):
 
 
 class SparseMeZO(ZOMethod):
-    """S-MeZO (``mask="magnitude"``) and its random-mask ablation R-MeZO (``mask="random"``)."""
+    """S-MeZO (``mask="magnitude"``) and its random-mask ablation R-MeZO (``mask="random"``).
+
+    Example — one step touches only the 20 % smallest-|θ| entries:
+
+    >>> import torch, zoplatform
+    >>> x = torch.nn.Parameter(torch.randn(10, 10, generator=torch.Generator().manual_seed(0)))
+    >>> x0 = x.detach().clone()
+    >>> opt = zoplatform.optimizer("sparse-mezo", [("x", x)], lr=0.01, eps=1e-3, sparsity=0.8)
+    >>> _ = opt.step(lambda: ((x - 1.0) ** 2).sum())
+    >>> changed = x.detach() != x0
+    >>> int(changed.sum())
+    20
+    >>> bool(x0.abs()[changed].max() <= x0.abs()[~changed].min())
+    True
+    """
 
     name = "sparse-mezo"
     paper = "Liu et al., Sparse MeZO, arXiv:2402.15751 (NeurIPS 2025)"

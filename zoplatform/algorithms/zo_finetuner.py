@@ -2,79 +2,36 @@
 
 Zhang, Li, Zhao, Sun, Zhang. *Learning a Zeroth-Order Optimizer for
 Fine-Tuning LLMs* (ZO Fine-tuner).  ICML 2026, arXiv:2510.00419.  Spec:
-``docs/algorithms.md`` §5 (5.1 policy and deployment, 5.2 meta-training, which
-lives in ``meta/`` because it needs backprop; this module holds everything the
-*deploying* side needs: the policy's functional definition, its file format
-and the ZO method).  The official code was not consulted for this file.
+``docs/algorithms.md`` §5 (meta-training, which needs backprop, lives in
+``meta/``; this module is the deploying side: the policy, its file format and
+the ZO method).  The official code was not consulted for this file.
 
-Policy (§5.1).  One small MLP per block b (a block = one trainable tensor)::
+Update rule (§5.1; one MLP per block b = one trainable tensor, n_b its numel)::
 
     x_b = (mean θ_b, var θ_b, L⁺_{t−1}, L⁻_{t−1}, σ_b,{t−1})          5 features
     σ_b = | w2_b · tanh(W1_b x_b + b1_b) + b2_b |                     Linear(5→64) → Tanh → Linear(64→1) → |·|
     c   = sqrt(d_eff / Σ_b n_b σ_b²),   d_eff = Σ_b n_b                trace normalisation
+    u_b = c σ_b z_b,  z ~ N(0, I) from the step seed;   L± = L(θ ± ε u; B)
+    g   = (L⁺ − L⁻) / (2ε);   θ_b ← θ_b − η (g u_b + λ θ_b)    (λ = 0 on no-decay blocks)
+    state ← (L⁺, L⁻, σ)                                          (the next step's inputs)
 
-so Σ_b n_b (cσ_b)² = d_eff: the perturbation ``cσ⊙z`` has E‖cσ⊙z‖² = d (the
-covariance diag(cσ)² has the trace of the identity's), and only the *relative*
-σ between blocks matters.  ``n_b`` is the block's numel, except embedding
-matrices, which count ``min(rows, R_b) × hidden``: the paper's heuristic that
-only the rows a batch touches matter (it uses 15·batch·world rows).
+Without a policy (``policy=None``) σ_b ≡ 1, c = 1 and the step is MeZO's, bit for bit.
 
-Policy kinds (``policy.json``'s ``network.kind``; a file without one is ``mlp``):
-
-* ``mlp`` — the paper's network above (what ``zo meta-train --profile paper`` writes).
-* ``scale`` — [departure, not in the paper] a constant σ_b per block, stored as
-  ``sigma [B]`` (no features, no per-step block statistics).  Written by
-  ``zo meta-train --profile descent`` (``meta/metatrain.py``), which fits σ to a
-  closed-form expected ZO descent instead of the paper's η_u-scaled lookahead;
-  the same trace normalisation c applies at deployment.
-
-Deployment step (MeZO with per-block direction scale s_b = c·σ_b)::
-
-    σ, c from the policy (no grad);    u_b = c σ_b z_b,  z ~ N(0, I) from the step seed
-    L± = L(θ ± ε u; B)
-    g  = (L⁺ − L⁻) / (2ε)
-    θ_b ← θ_b − η (g u_b + λ θ_b)        (λ = 0 on biases and normalisation weights)
-    state ← (L⁺, L⁻, σ)                  (the next step's inputs)
-
-Restore and update are fused as in MeZO: θ_b ← β_b θ'_b + (ε β_b − η g)·s_b z_b
-with θ' = θ − ε u and β_b = 1 − ηλ (three passes over z, through
-:func:`~zoplatform.params.axpy_`'s ``scale``).  The step is a deterministic
-function of (θ, state, seed, losses, lr), so a trajectory replays bit-exactly;
-the per-step policy state (previous losses, previous σ) lives in the method
-state, so ``ZOOptimizer.state_dict`` resumes exactly.
-
-Without a policy (``policy=None``) σ_b ≡ 1, c = 1 exactly and the step *is*
-MeZO's, bit for bit (same directions, same fused update).
-
-Choices where the source is silent or where we differ [recon]
--------------------------------------------------------------
-* First step: L⁺_{−1} = L⁻_{−1} = 0 and σ_{−1} = 1.
-* var θ_b is the population variance (a 1-element block has var 0, not NaN).
-* Features and the MLP run in fp32 on CPU; c is computed in fp64 (the paper
-  scales n_b by 1e-6 to stay inside fp32/fp16 range; fp64 makes that moot).
-* Embedding rows: ``embedding_rows`` (None = the value the policy was
-  meta-trained with, or 240 = 15·16·1, the paper's rule at its deployment
-  batch 16 on one device, when no policy is given).  Embedding blocks are the
-  ones the policy file marks (detected by module type, ``nn.Embedding``, at
-  meta-training), or those matching ``embedding_pattern``.  Tied weights
-  (SmolLM2's lm_head = embed_tokens) are one block, counted as an embedding,
-  as in the paper's code.
-* The policy is never a pickle: safetensors weights + a JSON schema
+Provenance and departures
+-------------------------
+* [paper] the network, the features, the trace normalisation and the
+  embedding heuristic (an embedding's n_b counts only min(rows, R_b) rows).
+* [departure] policy kind ``scale``: a constant σ_b per block (``sigma [B]``),
+  written by ``zo meta-train --profile descent``, which fits σ to a
+  closed-form expected ZO descent instead of the paper's lookahead.
+* [recon] first step: L⁺ = L⁻ = 0, σ = 1; var θ_b is the population variance;
+  features and the MLP run in fp32, c in fp64 (the paper's 1e-6 scaling of
+  n_b is moot); ``embedding_rows`` defaults to the policy's or 240 = 15·16·1.
+* [recon] the policy is never a pickle: safetensors weights + a JSON schema
   (:func:`save_policy` / :func:`load_policy`), matched to the blocks by name
-  and shape; any mismatch is a one-line :class:`~zoplatform.errors.ConfigError`.
-* Per-block features are read from every block each step (``mlp`` kind): one
-  read-only pass over the weights in addition to MeZO's three direction passes.
-  A ``scale`` policy needs none.
+  and shape; a mismatch is a one-line :class:`~zoplatform.errors.ConfigError`.
 
-Example — a quadratic over 4 tensors (identity policy, i.e. MeZO):
-
->>> import torch, zoplatform
->>> xs = [torch.nn.Parameter(torch.ones(4)) for _ in range(4)]
->>> opt = zoplatform.optimizer("zo-finetuner", [(f"x{i}", x) for i, x in enumerate(xs)], lr=0.02, eps=1e-3)
->>> for _ in range(300):
-...     _ = opt.step(lambda: sum((x ** 2).sum() for x in xs))
->>> bool(sum((x ** 2).sum() for x in xs) < 4.0)
-True
+Fused update, embedding blocks, cost: ``docs/method-notes.md``, ZO Fine-tuner.
 """
 from __future__ import annotations
 
@@ -153,7 +110,18 @@ class ZOFinetunerState(State):
 
 
 class ZOFinetuner(ZOMethod):
-    """MeZO with the learned per-block scale c·σ_b of a meta-trained policy."""
+    """MeZO with the learned per-block scale c·σ_b of a meta-trained policy.
+
+    Example — a quadratic over 4 tensors (identity policy, i.e. MeZO):
+
+    >>> import torch, zoplatform
+    >>> xs = [torch.nn.Parameter(torch.ones(4)) for _ in range(4)]
+    >>> opt = zoplatform.optimizer("zo-finetuner", [(f"x{i}", x) for i, x in enumerate(xs)], lr=0.02, eps=1e-3)
+    >>> for _ in range(300):
+    ...     _ = opt.step(lambda: sum((x ** 2).sum() for x in xs))
+    >>> bool(sum((x ** 2).sum() for x in xs) < 4.0)
+    True
+    """
 
     name = "zo-finetuner"
     paper = "Zhang, Li, Zhao, Sun, Zhang, ZO Fine-tuner, ICML 2026, arXiv:2510.00419"
