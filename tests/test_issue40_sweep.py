@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from pipelines import raytools
 from pipelines.cli import main as cli
 from tests.conftest import needs_data
-from tests.test_sweep import TINY, no_ray_here, once_at, runs_of, sweep
+from tests.test_sweep import TINY, no_ray_here, once_at, runs_of, sweep, sweep_with
 
 pytestmark = needs_data  # reads task data: the real files when found, else the in-repo fixture
 
@@ -145,22 +145,27 @@ def test_json_alone_prints_one_line(tmp_path, uri, monkeypatch):
 
 
 def test_a_sweep_whose_every_trial_failed_exits_non_zero(tmp_path, uri, monkeypatch):
-    from pipelines.sweep import trial
+    from pipelines.sweep import SweepCallbacks
 
     monkeypatch.setattr(raytools, "connect", no_ray_here)
 
     def boom(out_dir, steps):
         raise RuntimeError("simulated trial failure")
 
-    monkeypatch.setattr(trial, "after_step", boom)
-    code, s, out = sweep(tmp_path, *OPTUNA, "--trials", "2", "--max-failures", "0", "--scheduler", "none")
+    s = sweep_with(SweepCallbacks(after_step=boom), tmp_path, uri, backend="optuna", max_concurrent=1, trials=2,
+                   max_failures=0, scheduler="none")
+    assert s["status"] == "failed" and s["counts"]["failed"] == 2, s
+    assert s["error"] == "every trial failed; the first: RuntimeError: simulated trial failure", s
+    _, parent, children = runs_of(uri, s["parent_run_id"])
+    assert parent.info.status == "FAILED" and "every trial failed" in parent.data.tags["zo.end_reason"]
+    assert {c.info.status for c in children} == {"FAILED"}
+    # the command says so: resumed, the sweep has nothing left to run and is still a failed sweep, exit 1
+    code, s, out = sweep(tmp_path, *OPTUNA, "--trials", "2", "--max-failures", "0", "--scheduler", "none",
+                         "--resume")
     assert code == 1 and s["status"] == "failed" and s["counts"]["failed"] == 2, out
     err = [ln for ln in out.splitlines() if ln.startswith("error: ")]
     assert err == ["error: sweep mezo-sst2-tiny_llama: every trial failed; the first: RuntimeError: simulated "
                    "trial failure"], out
-    _, parent, children = runs_of(uri, s["parent_run_id"])
-    assert parent.info.status == "FAILED" and "every trial failed" in parent.data.tags["zo.end_reason"]
-    assert {c.info.status for c in children} == {"FAILED"}
 
 
 def test_a_second_driver_on_the_same_sweep_is_refused_in_one_line(tmp_path, uri, monkeypatch):
@@ -182,18 +187,15 @@ def test_a_second_driver_on_the_same_sweep_is_refused_in_one_line(tmp_path, uri,
 def test_ctrl_c_stops_the_running_optuna_trials_and_they_resume(tmp_path, uri, monkeypatch):
     """Two trials in two threads; Ctrl-C at the first evaluation. Before: Optuna's thread pool waited for both
     trials to run their 40 steps (FINISHED), the interrupt only stopped new ones."""
-    from pipelines.sweep import optuna_backend
+    from pipelines.sweep import SweepCallbacks
 
     monkeypatch.setattr(raytools, "connect", no_ray_here)
     args = list(TINY)
     args[args.index("--steps") + 1], args[args.index("--eval-every") + 1] = "40", "20"
     common = ["--backend", "optuna", "--max-concurrent", "2", "--trials", "2", "--scheduler", "none"]
-    monkeypatch.setattr(optuna_backend, "on_report", once_at(1, ctrl_c=signal.SIGINT))
-    res = CliRunner().invoke(cli, ["sweep", *args, *common, "--storage", str(tmp_path / "sweeps"),
-                                   "--tracking-uri", uri, "--json"])
-    assert res.exit_code == 130, res.output
-    s = json.loads(res.stdout.strip().splitlines()[-1])
-    assert s["status"] == "interrupted" and "zo sweep --resume" in s["resume_with"]
+    s = sweep_with(SweepCallbacks(on_result=once_at(1, ctrl_c=signal.SIGINT)), tmp_path, uri, steps=40,
+                   finetune={"eval_every": 20}, backend="optuna", max_concurrent=2, trials=2, scheduler="none")
+    assert s["status"] == "interrupted" and "zo sweep --resume" in s["resume_with"], s
     _, parent, children = runs_of(uri, s["parent_run_id"])
     assert parent.info.status == "KILLED" and len(children) == 2
     assert {c.info.status for c in children} == {"KILLED"}, [c.data.tags.get("zo.end_reason") for c in children]

@@ -37,6 +37,19 @@ def sweep(tmp_path, *args, uri=None):
     return res.exit_code, summary, res.output
 
 
+def sweep_with(callbacks, tmp_path, uri, **opts):
+    """The TINY sweep through :func:`pipelines.sweep.run` with explicit callbacks (the CLI passes none);
+    ``opts`` are sweep config keys (``trials=2``, ``finetune={...}`` merged into TINY's).  Returns the summary."""
+    from pipelines.sweep import load_sweep_config, run
+
+    finetune = {"eval_every": 2, "num_train": 16, "num_dev": 8, "num_test": 8, "batch_size": 4}
+    finetune |= opts.pop("finetune", {})
+    cfg = load_sweep_config({"model": "tiny:llama", "task": "sst2", "method": "mezo", "steps": 4,
+                             "storage": str(tmp_path / "sweeps"), "tracking_uri": uri, "finetune": finetune,
+                             **opts})
+    return run(cfg, callbacks=callbacks)
+
+
 def no_ray_here():
     raise AssertionError("Ray was started")
 
@@ -112,15 +125,13 @@ def test_bad_input_is_one_line_and_fails_before_ray_starts(args, msg, tmp_path, 
 
 # ----------------------------------------------------------------------------- Optuna backend (no Ray)
 def test_optuna_backend_gives_the_same_contract_and_resumes(tmp_path, uri, monkeypatch):
-    from pipelines.sweep import optuna_backend
+    from pipelines.sweep import SweepCallbacks
 
     monkeypatch.setattr(raytools, "connect", no_ray_here)
-    common = ["--backend", "optuna", "--trials", "2", "--max-concurrent", "1", "--grace-period", "4",
-              "--reduction-factor", "2"]
     # Ctrl-C at the first trial's second evaluation (step 2 of 4)
-    monkeypatch.setattr(optuna_backend, "on_report", once_at(2, ctrl_c=KeyboardInterrupt))
-    code, s, out = sweep(tmp_path, *common)
-    assert code == 130 and s["status"] == "interrupted" and "--resume" in s["resume_with"], out
+    s = sweep_with(SweepCallbacks(on_result=once_at(2, ctrl_c=KeyboardInterrupt)), tmp_path, uri,
+                   backend="optuna", trials=2, max_concurrent=1, grace_period=4, reduction_factor=2)
+    assert s["status"] == "interrupted" and "--resume" in s["resume_with"], s
     _, _, (cut,) = runs_of(uri, s["parent_run_id"])
     assert cut.info.status == "KILLED"
     code, s, out = sweep(tmp_path, "--resume", "--name", "mezo-sst2-tiny_llama")
@@ -203,14 +214,13 @@ def test_a_trial_stopped_from_outside_leaves_its_run_to_the_driver(tmp_path, uri
 
 
 @pytest.mark.slow
-def test_interrupted_sweep_resumes_without_duplicate_or_running_runs(tmp_path, uri, ray_session, monkeypatch):
-    from pipelines.sweep import ray_backend
+def test_interrupted_sweep_resumes_without_duplicate_or_running_runs(tmp_path, uri, ray_session):
+    from pipelines.sweep import SweepCallbacks
 
-    args = ["--trials", "3", "--max-concurrent", "2", "--scheduler", "none"]
+    args = {"trials": 3, "max_concurrent": 2, "scheduler": "none"}
     # Ctrl-C at the third evaluation reported (both running trials are mid-run)
-    monkeypatch.setattr(ray_backend, "on_result", once_at(3, ctrl_c=signal.SIGINT))
-    code, s, out = sweep(tmp_path, *args)
-    assert code == 130 and s["status"] == "interrupted", out
+    s = sweep_with(SweepCallbacks(on_result=once_at(3, ctrl_c=signal.SIGINT)), tmp_path, uri, **args)
+    assert s["status"] == "interrupted", s
     _, parent, children = runs_of(uri, s["parent_run_id"])
     assert parent.info.status == "KILLED" and "--resume" in parent.data.tags["zo.end_reason"]
     assert "RUNNING" not in {r.info.status for r in children}  # cut-off trials are KILLED until resumed
@@ -218,21 +228,25 @@ def test_interrupted_sweep_resumes_without_duplicate_or_running_runs(tmp_path, u
     first = {r.data.tags["ray_trial_id"]: r.info.run_id for r in children}
     killed = {r.info.run_id for r in children if r.info.status == "KILLED"}
 
-    code, s2, out = sweep(tmp_path, "--resume", *args)
-    assert code == 0 and s2["status"] == "finished", out
+    # the resumed driver's callback (not the pickled first one, which would interrupt it again) sees its results
+    seen = []
+    s2 = sweep_with(SweepCallbacks(on_result=lambda tid, result: seen.append(tid)), tmp_path, uri, resume=True,
+                    name=s["sweep"], **args)
+    assert s2["status"] == "finished", s2
     assert s2["parent_run_id"] == s["parent_run_id"] and sum(s2["counts"].values()) == 3
     _, parent, children = runs_of(uri, s["parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert len(children) == 3 and {r.info.status for r in children} == {"FINISHED"}
     by_trial = {r.data.tags["ray_trial_id"]: r.info.run_id for r in children}
     assert len(by_trial) == 3 and all(by_trial[t] == rid for t, rid in first.items())  # continued, not duplicated
+    assert seen and set(seen) <= set(by_trial)
     assert all("zo.resumed_at_step" in r.data.tags for r in children if r.info.run_id in killed)
 
 
 @pytest.mark.slow
-def test_crashed_trial_is_retried_from_its_checkpoint_to_the_same_weights(tmp_path, uri, ray_session, monkeypatch):
+def test_crashed_trial_is_retried_from_its_checkpoint_to_the_same_weights(tmp_path, uri, ray_session):
     from pipelines.finetune import load_config, run
-    from pipelines.sweep import trial
+    from pipelines.sweep import SweepCallbacks
 
     def crash_once_after_3_steps(out_dir, steps):  # a closure: shipped to the Ray workers by value
         marker = out_dir / ".crashed_once"
@@ -240,9 +254,10 @@ def test_crashed_trial_is_retried_from_its_checkpoint_to_the_same_weights(tmp_pa
             marker.touch()
             raise RuntimeError("simulated crash after 3 steps")
 
-    monkeypatch.setattr(trial, "after_step", crash_once_after_3_steps)
-    code, s, out = sweep(tmp_path, "--trials", "1", "--steps", "6", "--scheduler", "none", "--max-failures", "1")
-    assert code == 0 and s["counts"] == {"finished": 1, "stopped_early": 0, "failed": 0, "interrupted": 0}, out
+    s = sweep_with(SweepCallbacks(after_step=crash_once_after_3_steps), tmp_path, uri, trials=1, steps=6,
+                   scheduler="none", max_failures=1)
+    assert s["status"] == "finished", s
+    assert s["counts"] == {"finished": 1, "stopped_early": 0, "failed": 0, "interrupted": 0}, s
     trial_dir = Path(s["best"]["trial_dir"])
     assert (trial_dir / ".crashed_once").exists()  # it did crash once
     c, _, (child,) = runs_of(uri, s["parent_run_id"])

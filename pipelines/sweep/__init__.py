@@ -5,8 +5,10 @@ The package reads in the order a sweep runs:
 1. :mod:`.config` -- **validate** everything before a backend starts: the sweep config, the search space
    (against the method's Config), resources, objectives, the fine-tune config of a default point (task, model,
    data), and on ``--resume`` the saved config of the sweep.
-2. :mod:`.recipe` -- **driver state**: ``<storage>/<name>/sweep.json`` and the MLflow experiment + parent run,
-   created by the driver (never by the trials); ``--resume`` reopens both.
+2. :mod:`.recipe` -- **driver state** (:class:`.recipe.SweepDriver`: setup, run the trials, finish):
+   ``<storage>/<name>/sweep.json`` and the MLflow experiment + parent run, created by the driver (never by the
+   trials); ``--resume`` reopens both.  ``run(cfg, callbacks=SweepCallbacks(...))`` passes optional hooks
+   (:mod:`.callbacks`) down to the backend and the trials.
 3. :mod:`.trial` -- **the objective core** :func:`run_trial`, shared by both backends: one call of
    :func:`pipelines.finetune.run` in the trial's own out_dir and child MLflow run (explicit tracking URI, metrics
    batched per evaluation), reporting dev accuracy/loss and forward passes at every evaluation.  A ZO run's
@@ -19,6 +21,7 @@ The package reads in the order a sweep runs:
    so, interrupted ones KILLED until resumed); results table, best config, plots and parameter importances become
    parent-run artifacts; the summary names the best trial and the parent run.
 """
+from .callbacks import SweepCallbacks
 from .config import (
     MANAGED,
     OBJECTIVES,
@@ -42,6 +45,7 @@ __all__ = [
     "RUN_ID_FILE",
     "STATE_FILES",
     "StoppedByBackend",
+    "SweepCallbacks",
     "SweepConfig",
     "TrialTracker",
     "check_inputs",

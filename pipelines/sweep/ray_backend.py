@@ -16,24 +16,20 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ray.tune import Callback
 
 from zoplatform.errors import ConfigError
 
-from . import trial as trial_core
+from .callbacks import SweepCallbacks
 from .config import SweepConfig, planned_forward_passes, resume_hint, sweep_name
 from .optuna_backend import optuna_storage
 from .results import end_child, make_row, reconcile_children, tracking_client
 from .trial import STATE_FILES, StoppedByBackend, run_trial
 
 STOPPED_FILE = "stopped_early"  # in a trial's directory: the scheduler stopped it (its text: why)
-
-
-def on_result(trial_id: str, result: dict) -> None:
-    """Called in the driver for every result a trial reports (a seam for tests: they monkeypatch it to interrupt
-    the sweep, as Ctrl-C does, at a chosen point)."""
 
 
 def _progress(d: Path) -> int:
@@ -113,16 +109,27 @@ def trial_name(trial) -> str:
 
 
 class SweepCallback(Callback):
-    """Driver side: marks and ends the run of a trial the scheduler stopped, and calls :func:`on_result`.
+    """Driver side: marks and ends the run of a trial the scheduler stopped, and calls ``on_result`` (the caller's
+    :attr:`.callbacks.SweepCallbacks.on_result`, if any) for every result.
 
     A module-level class, so the experiment state pickles it by reference: a restored sweep runs this code, with
-    the attributes it was made with (the trials directory and the tracking URI)."""
+    the attributes it was made with (the trials directory and the tracking URI).  ``on_result`` is not pickled:
+    it belongs to the driver that passed it, and a restored sweep gets the resuming driver's
+    (:func:`restore_tuner`)."""
 
-    def __init__(self, trials_dir: str, tracking_uri: str):
-        self.trials_dir, self.tracking_uri = trials_dir, tracking_uri
+    def __init__(self, trials_dir: str, tracking_uri: str, on_result: Callable[[str, dict], None] | None = None):
+        self.trials_dir, self.tracking_uri, self.on_result = trials_dir, tracking_uri, on_result
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "on_result"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.on_result = None
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        on_result(trial.trial_id, result)
+        if self.on_result is not None:
+            self.on_result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
@@ -169,11 +176,22 @@ def interrupt_flag():
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
 
 
-def run_ray(cfg: SweepConfig, space, resources, objectives, sweep_dir: Path, ctx: dict, resume: bool):
-    """Tuner + OptunaSearch + ASHA; returns (rows, interrupted)."""
-    import optuna
+def check_cluster(resources: dict) -> None:
+    """One line if a trial asks for more CPUs or GPUs than the whole Ray cluster has."""
     import ray
-    from ray import tune
+
+    total = ray.cluster_resources()
+    for k, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
+        if resources[k] > total.get(ray_key, 0):
+            raise ConfigError(f"--resources {k}={resources[k]:g} per trial, but the Ray cluster has "
+                              f"{total.get(ray_key, 0):g} {ray_key}s")
+
+
+def new_tuner(cfg: SweepConfig, fn, space, objectives, sweep_dir: Path, ctx: dict, resources: dict,
+              on_result: Callable[[str, dict], None] | None = None):
+    """A new sweep's Tuner: seeded TPE in a ConcurrencyLimiter, the space's default points first, ASHA on
+    forward passes for ``--scheduler asha``, retries, every checkpoint kept (tiny trajectories)."""
+    import optuna
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -181,51 +199,67 @@ def run_ray(cfg: SweepConfig, space, resources, objectives, sweep_dir: Path, ctx
 
     import search_spaces
 
-    total = ray.cluster_resources()
-    for k, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
-        if resources[k] > total.get(ray_key, 0):
-            raise ConfigError(f"--resources {k}={resources[k]:g} per trial, but the Ray cluster has "
-                              f"{total.get(ray_key, 0):g} {ray_key}s")
-    trials_dir = Path(ctx["trials_dir"])
-    fn = tune.with_resources(
-        tune.with_parameters(trainable, sweep=cfg.model_dump(),
-                             ctx=ctx | {"resources": resources, "after_step": trial_core.after_step}),
-        {"cpu": resources["cpu"], "gpu": resources["gpu"]})
+    metric = [m for _, m, _ in objectives] if len(objectives) > 1 else objectives[0][1]
+    mode = [d for _, _, d in objectives] if len(objectives) > 1 else objectives[0][2]
+    searcher = OptunaSearch(space=functools.partial(search_spaces.sample, space), metric=metric, mode=mode,
+                            sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+                            points_to_evaluate=search_spaces.to_points(space) or None,
+                            study_name=sweep_name(cfg), storage=optuna_storage(cfg, sweep_dir, ray_backend=True))
+    scheduler = None
+    if cfg.scheduler == "asha":
+        budget = planned_forward_passes(cfg, space)
+        scheduler = ASHAScheduler(time_attr="forward_passes", metric=objectives[0][1], mode=objectives[0][2],
+                                  max_t=4 * budget, grace_period=cfg.grace_period or max(1, budget // 10),
+                                  reduction_factor=cfg.reduction_factor)
+    return Tuner(
+        fn,
+        tune_config=TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.max_concurrent),
+                               scheduler=scheduler, num_samples=cfg.trials, time_budget_s=cfg.time_budget_s,
+                               trial_dirname_creator=trial_dirname, trial_name_creator=trial_name,
+                               # CPU trials reuse worker processes (no re-import per trial); GPU
+                               # trials get a fresh process each, so no memory is carried over
+                               reuse_actors=resources["gpu"] == 0),
+        run_config=RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=None),  # tiny trajectories
+                             callbacks=[SweepCallback(ctx["trials_dir"], ctx["tracking_uri"], on_result)]),
+    )
 
-    if resume:
-        tuner = Tuner.restore(str(sweep_dir), fn, resume_unfinished=True, resume_errored=True)
-    else:
-        metric = [m for _, m, _ in objectives] if len(objectives) > 1 else objectives[0][1]
-        mode = [d for _, _, d in objectives] if len(objectives) > 1 else objectives[0][2]
-        searcher = OptunaSearch(space=functools.partial(search_spaces.sample, space), metric=metric, mode=mode,
-                                sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-                                points_to_evaluate=search_spaces.to_points(space) or None,
-                                study_name=sweep_name(cfg), storage=optuna_storage(cfg, sweep_dir, ray_backend=True))
-        scheduler = None
-        if cfg.scheduler == "asha":
-            budget = planned_forward_passes(cfg, space)
-            scheduler = ASHAScheduler(time_attr="forward_passes", metric=objectives[0][1], mode=objectives[0][2],
-                                      max_t=4 * budget, grace_period=cfg.grace_period or max(1, budget // 10),
-                                      reduction_factor=cfg.reduction_factor)
-        tuner = Tuner(
-            fn,
-            tune_config=TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.max_concurrent),
-                                   scheduler=scheduler, num_samples=cfg.trials, time_budget_s=cfg.time_budget_s,
-                                   trial_dirname_creator=trial_dirname, trial_name_creator=trial_name,
-                                   # CPU trials reuse worker processes (no re-import per trial); GPU
-                                   # trials get a fresh process each, so no memory is carried over
-                                   reuse_actors=resources["gpu"] == 0),
-            run_config=RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent),
-                                 failure_config=FailureConfig(max_failures=cfg.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=None),  # tiny trajectories
-                                 callbacks=[SweepCallback(str(trials_dir), ctx["tracking_uri"])]),
-        )
+
+def restore_tuner(sweep_dir: Path, fn, on_result: Callable[[str, dict], None] | None = None):
+    """The sweep's Tuner from its experiment (``Tuner.restore``), with this driver's ``on_result``.
+
+    ``Tuner.restore`` takes no RunConfig: the restored :class:`SweepCallback` comes from the pickled one, without
+    its ``on_result``.  A caller's ``on_result`` is set on it through the Tuner's run config (Ray's private
+    ``_local_tuner``), only when one is given."""
+    from ray.tune import Tuner
+
+    tuner = Tuner.restore(str(sweep_dir), fn, resume_unfinished=True, resume_errored=True)
+    if on_result is not None:
+        local = getattr(tuner, "_local_tuner", None)
+        ours = [cb for cb in (local.get_run_config().callbacks or []) if isinstance(cb, SweepCallback)] \
+            if local is not None else []
+        if not ours:
+            raise RuntimeError("on_result: the restored Ray Tune experiment's SweepCallback was not found (Ray "
+                               "client mode, or a Ray that keeps its run config elsewhere)")
+        for cb in ours:
+            cb.on_result = on_result
+    return tuner
+
+
+def fit(cfg: SweepConfig, tuner):
+    """``tuner.fit()`` under :func:`interrupt_flag`; returns (grid, interrupted): interrupted, or fewer trials
+    ended than asked (unless the time budget ended the sweep)."""
     t_fit = time.monotonic()
     with interrupt_flag() as flag:
         grid = tuner.fit()
-    # interrupted, or fewer trials ended than asked (unless the time budget ended the sweep)
     budget_hit = cfg.time_budget_s is not None and time.monotonic() - t_fit >= cfg.time_budget_s
-    interrupted = flag["interrupted"] or (grid.num_terminated + grid.num_errors < cfg.trials and not budget_hit)
+    return grid, flag["interrupted"] or (grid.num_terminated + grid.num_errors < cfg.trials and not budget_hit)
+
+
+def collect_rows(grid, trials_dir: Path, interrupted: bool) -> tuple[list[dict], set[str], set[str]]:
+    """The results rows of the grid's trials, and the ids of those that failed and those the scheduler
+    stopped."""
     rows, errored, stopped = [], set(), set()
     for r in grid:
         m = dict(r.metrics or {})
@@ -243,6 +277,28 @@ def run_ray(cfg: SweepConfig, space, resources, objectives, sweep_dir: Path, ctx
         else:
             status = "interrupted"
         rows.append(make_row(tid, dict(r.config or {}), status, m, trials_dir / tid))
+    return rows, errored, stopped
+
+
+def run_ray(cfg: SweepConfig, space, resources, objectives, sweep_dir: Path, ctx: dict, resume: bool,
+            callbacks: SweepCallbacks | None = None):
+    """Tuner + OptunaSearch + ASHA; returns (rows, interrupted)."""
+    from ray import tune
+
+    callbacks = callbacks or SweepCallbacks()
+    check_cluster(resources)
+    trials_dir = Path(ctx["trials_dir"])
+    # the trials' ctx goes to the workers (by value): after_step must pickle
+    fn = tune.with_resources(
+        tune.with_parameters(trainable, sweep=cfg.model_dump(),
+                             ctx=ctx | {"resources": resources, "after_step": callbacks.after_step}),
+        {"cpu": resources["cpu"], "gpu": resources["gpu"]})
+    if resume:
+        tuner = restore_tuner(sweep_dir, fn, callbacks.on_result)
+    else:
+        tuner = new_tuner(cfg, fn, space, objectives, sweep_dir, ctx, resources, callbacks.on_result)
+    grid, interrupted = fit(cfg, tuner)
+    rows, errored, stopped = collect_rows(grid, trials_dir, interrupted)
 
     def classify(run) -> tuple[str, str]:
         tid = run.data.tags.get("ray_trial_id", "")

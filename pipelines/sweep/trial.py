@@ -37,11 +37,6 @@ def objective_metric(metric: str) -> str:
     return f"objective.{metric}"
 
 
-def after_step(out_dir: Path, steps: int) -> None:
-    """Called after every training step of a trial with the steps done in this attempt (a seam for tests, which
-    monkeypatch it to make a trial fail mid-run; the Ray backend ships the function to its workers)."""
-
-
 class TrialTracker(MlflowTracker):
     """The MLflow tracker of one trial's child run.
 
@@ -97,7 +92,8 @@ def run_trial(cfg: SweepConfig, params: dict[str, Any], out_dir: Path, *, trial_
     with dev accuracy/loss, the best dev accuracy so far and the forward passes;
     returning True ends training early (a pruned trial still finishes its run).
     If ``out_dir`` holds a checkpoint the trial resumes from it, in the same run.
-    ``step_hook`` (default :func:`after_step`) runs after every step. ``searched``: the space's sampled
+    ``step_hook(out_dir, steps)`` (optional: :attr:`.callbacks.SweepCallbacks.after_step`) runs after every step
+    with the steps done in this attempt. ``searched``: the space's sampled
     hyperparameters, shown in the run's name (``t3 lr=4.43e-06 eps=0.001 mezo sst2``) after ``label`` (default
     :func:`.results.trial_label` of the key). ``interrupted()`` true (the sweep was interrupted while this trial
     runs in a worker thread, which no signal reaches) ends the trial after its step as Ctrl-C does: checkpoint, run
@@ -121,7 +117,6 @@ def run_trial(cfg: SweepConfig, params: dict[str, Any], out_dir: Path, *, trial_
                            tags={"zo.kind": "sweep-trial", "zo.sweep": sweep_name(cfg), "zo.trial": trial_key,
                                  "zo.trial_label": label,
                                  **(extra_tags or {})})
-    hook = step_hook or after_step
     stop, steps_here = False, 0
 
     def on_eval(step, m, history):
@@ -146,7 +141,8 @@ def run_trial(cfg: SweepConfig, params: dict[str, Any], out_dir: Path, *, trial_
     def should_stop():
         nonlocal steps_here
         steps_here += 1
-        hook(out_dir, steps_here)
+        if step_hook is not None:
+            step_hook(out_dir, steps_here)
         if interrupted is not None and interrupted():
             raise KeyboardInterrupt("sweep interrupted")
         return stop
