@@ -104,7 +104,7 @@ def write(results_dir: Path, entries: dict[Key, dict], preds: dict[Key, dict], o
     keys = [k for k in order if k in entries]
     with open(results_dir / RUNS_FILE, "w") as f:
         for k in keys:
-            f.write(json.dumps(entries[k], sort_keys=True) + "\n")
+            f.write(json.dumps(entries[k]) + "\n")  # key order kept: the report is byte for byte the run dirs'
     arrays: dict[str, Any] = {}
     shared: dict[tuple[str, int], dict] = {}
     for task, arm, seed in keys:
