@@ -6,7 +6,7 @@
 # Cost on 2 cores, one thread per run, two runs at a time: ~20-25 min per SST-2 run, ~75-100 min per RTE run
 # (inputs ~4x longer), ~25-30 min per CB run; LOREN and ZO Fine-tuner take ~1.3x MeZO's time; a full pass is
 # more than a day. Rerunning resumes: finished runs under benchmarks/out/matrix are reused, cut-off ones continue.
-# benchmarks/results/matrix-smollm2-cpu holds the committed runs of this matrix (made by its runq.sh queue).
+# studies/matrix-fp32.yaml holds the committed runs of this matrix (its compact archive).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/zo ] || bash scripts/setup.sh

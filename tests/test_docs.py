@@ -98,7 +98,7 @@ def test_readme_results_table_is_the_evidence_blocks_numbers():
                 assert f"(Δ {delta[label, task]})" in cell, (label, task, cell, delta[label, task])
 
 
-@pytest.mark.parametrize("script", ["benchmarks/evidence_report.sh", "benchmarks/compare_cpu.sh"])
+@pytest.mark.parametrize("script", ["benchmarks/compare_cpu.sh"])
 def test_evidence_scripts_write_blocks_that_exist(script):
     from pipelines.compare.report import check_readme
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from pipelines.study.cli import study
 from zoplatform.errors import ZOError
 
 EXIT_USAGE = 2
@@ -457,3 +458,6 @@ def compare(configs_file, as_json, **opts):
         click.echo((Path(out["out"]) / "results.md").read_text())
     if out["status"] == "failed":
         sys.exit(1)
+
+
+main.add_command(study)

@@ -81,7 +81,7 @@ def collect(cfg: CompareConfig, specs: list[RunSpec]) -> tuple[list[dict], list[
                      "final_dev_loss": curve[-1]["dev_loss"] if curve else None,
                      "forward_passes": sm.get("forward_passes"), "wall_time_s": sm.get("wall_time_s"),
                      "peak_memory_mb": sm.get("peak_memory_mb"), "mlflow_run_id": sm.get("mlflow_run_id"),
-                     "hardware": sm.get("hardware"),
+                     "hardware": sm.get("hardware"), "num_train": sm.get("num_train"), "num_dev": sm.get("num_dev"),
                      "error": sm.get("error"), "curve": curve, "out_dir": str(s.out_dir),
                      "direction": direction_of(s.config), "precision": precision_of(s.config)})
     for key, col in (("dev_accuracy", "forwards_to_reference"), ("dev_loss", "forwards_to_reference_loss")):
@@ -292,13 +292,17 @@ def _num(x, fmt="{:.0f}") -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
-def _small_tasks(cfg: CompareConfig) -> str:
-    """The tasks whose train split is too small for the requested sizes (finetune fits them)."""
+def _small_tasks(cfg: CompareConfig, runs: Sequence[dict] | None = None) -> str:
+    """The tasks whose train split is too small for the requested sizes (finetune fits them): the sizes the
+    finished runs recorded (so a report needs no data), else the data dir's."""
     from pipelines.finetune.sampling import split_sizes
     from zoplatform.data import resolve_data_dir
 
-    data_dir = resolve_data_dir(cfg.data_dir)
-    fitted = {t: split_sizes(t, data_dir, cfg.num_train, cfg.num_dev) for t in cfg.tasks}
+    fitted = {r["task"]: (r["num_train"], r["num_dev"]) for r in runs or () if r.get("num_train") is not None}
+    if not fitted:
+        data_dir = resolve_data_dir(cfg.data_dir)
+        fitted = {t: split_sizes(t, data_dir, cfg.num_train, cfg.num_dev) for t in cfg.tasks}
+    fitted = {t: fitted[t] for t in cfg.tasks if t in fitted}
     return "".join(f" ({t}: {n} train / {d} dev, its train split is small)" for t, (n, d) in fitted.items()
                    if n != cfg.num_train)
 
@@ -341,7 +345,7 @@ def markdown(cfg: CompareConfig, agg: list[dict], machine: str, flat_tasks: Sequ
     own = "".join(f"; {t}: {b} ({b // 2} steps)" for t, b in cfg.task_budgets.items())
     lines = [f"Model `{cfg.model}`, {machine}; budget {cfg.forward_budget} forward passes per run "
              f"(two-point methods: {cfg.forward_budget // 2} steps{own}), batch {cfg.batch_size}, seeds "
-             f"{', '.join(map(str, cfg.seeds))}, {cfg.num_train} train examples{_small_tasks(cfg)}; "
+             f"{', '.join(map(str, cfg.seeds))}, {cfg.num_train} train examples{_small_tasks(cfg, runs)}; "
              f"mean ± std over seeds." + (f" {settings_line(runs, cfg.methods)}" if runs else ""), "",
              "Test accuracy (%):", "",
              "| method | " + " | ".join(cfg.tasks) + " |", "|---|" + "---|" * len(cfg.tasks)]
