@@ -3,7 +3,7 @@
 :class:`PerturbationPolicy` (kind ``mlp``, the paper's) holds one
 ``Linear(5→64) → Tanh → Linear(64→1)`` MLP per block as *stacked* parameters
 (``w1 [B,64,5]``, ``b1 [B,64]``, ``w2 [B,64]``, ``b2 [B]``) and evaluates them
-with the library's :func:`zoplatform.algorithms.zo_finetuner.policy_sigma`, so
+with the library's :func:`zoplatform.policy.policy_sigma`, so
 meta-training and deployment run one definition of the network.
 
 :class:`ScalePolicy` (kind ``scale``, [departure] the ``descent`` profile's) is

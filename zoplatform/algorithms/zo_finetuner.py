@@ -44,35 +44,16 @@ from pydantic import Field
 
 from ..errors import ConfigError
 from ..params import Block
-from ..policy import (  # noqa: F401 - re-exported: the policy format lives in zoplatform/policy.py
+from ..policy import (
     DEFAULT_EMBEDDING_PATTERN,
     DEFAULT_EMBEDDING_ROWS,
-    FEATURES,
-    FORMAT,
-    HIDDEN,
-    KIND_MLP,
     KIND_SCALE,
-    POLICY_KINDS,
-    SCALE_KEYS,
-    SCHEMA_FILE,
-    WEIGHT_KEYS,
-    WEIGHTS_FILE,
-    Policy,
-    _check_weights,
     block_stats,
-    direction_tensor,
     effective_counts,
-    embedding_block_names,
-    init_policy_weights,
     load_policy,
-    make_schema,
-    policy_blocks,
     policy_features,
-    policy_kind,
     policy_sigma,
-    save_policy,
     trace_scale,
-    weight_keys,
 )
 from ..types import StepRecord
 from .base import SPSAConfig, ZOMethod
