@@ -5,7 +5,6 @@ line (``error: ...``) and exits with status 2, never a traceback.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -14,27 +13,11 @@ from pathlib import Path
 
 import click
 
+from pipelines.console import EXIT_USAGE, one_line_errors
 from pipelines.study.cli import study
 from zoplatform.errors import ZOError
 
-EXIT_USAGE = 2
-
-
-def friendly(fn):
-    """Turn ZOError (bad input) into one line on stderr and exit 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except ZOError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(getattr(e, "exit_code", EXIT_USAGE))  # 2: bad input; 1: the run failed (e.g. diverged)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-
-    return wrapper
+friendly = one_line_errors()  # every command: bad input is one line, exit 2
 
 
 def emit_json(obj) -> None:

@@ -1,33 +1,17 @@
 """``zo study run|report|archive FILE``: evidence as code (:mod:`pipelines.study.recipe`)."""
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
 
 import click
 
-from zoplatform.errors import ZOError
+from pipelines.console import one_line_errors
 
 from .schema import check_filter, load_study
 
-
-def _one_line_errors(fn):
-    """Bad input (a ZOError) -> ``error: ...`` on stderr, exit 2 (1 when a run failed)."""
-
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except ZOError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(getattr(e, "exit_code", 2))
-        except KeyboardInterrupt:
-            click.echo("interrupted; rerun the same command to continue (finished runs are reused)", err=True)
-            sys.exit(130)
-
-    return wrapper
+_one_line_errors = one_line_errors("interrupted; rerun the same command to continue (finished runs are reused)")
 
 
 def _split(text: str | None) -> list[str] | None:
