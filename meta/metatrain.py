@@ -92,7 +92,7 @@ class MetaTrainConfig(StrictModel):
                              description="meta-training task(s); several = a task mixture")
     epochs: int = Field(15, ge=1, description="epochs of the FO trajectory")
     restart: int = Field(5, ge=1, description="reset θ to the base weights every this many epochs")
-    steps_per_epoch: int | None = Field(None, ge=1, description="None: ceil(total train examples / batch_size)")
+    steps_per_epoch: int | None = Field(None, ge=1, description="default: ceil(total train examples / batch_size)")
     num_train: int = Field(1000, ge=1, description="train examples per task (capped by the task's train split)")
     num_dev: int = Field(50, ge=0, description="dev examples per task (mean dev loss of θ logged per epoch; 0: off)")
     batch_size: int = Field(8, ge=1, le=65536, description="meta-batch (also at most every task's train "
@@ -104,12 +104,14 @@ class MetaTrainConfig(StrictModel):
     momentum: float = Field(0.8, ge=0, lt=1, description="FO SGD momentum")
     eps: float = Field(1e-3, gt=0, description="ε of the two-point estimate")
     seed: int = Field(0, ge=0, description="data order, ZO directions and policy init")
-    direction: Literal["gaussian", "rademacher", "pool"] = "gaussian"
-    chunk_size: int = Field(1 << 20, ge=1024)
-    embedding_rows: int | None = Field(None, ge=1, description="None: 15 · batch_size")
+    direction: Literal["gaussian", "rademacher", "pool"] = Field("gaussian", description="law of the ZO directions "
+                                                                                 "(paper profile)")
+    chunk_size: int = Field(1 << 20, ge=1024, description="elements per chunk of the direction generation")
+    embedding_rows: int | None = Field(None, ge=1, description="rows an embedding counts as in the normalisation; default: 15 · batch_size")
     embedding_pattern: str | None = Field(None, description="regex of extra embedding names "
                                                                "(nn.Embedding modules are always detected)")
-    mixture: Literal["round_robin", "proportional"] = "round_robin"
+    mixture: Literal["round_robin", "proportional"] = Field(
+        "round_robin", description="task of each step in a mixture: in turn, or drawn by train-set size")
     profile: Literal["paper", "descent"] = Field(
         "descent", description="paper: the paper's η_u lookahead (does not learn, §5.4); descent: a per-block "
                                "scale fitted to the closed-form expected ZO descent (meta/descent.py)")

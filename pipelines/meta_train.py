@@ -39,17 +39,18 @@ from zoplatform.errors import ConfigError
 class MetaTrainRunConfig(MetaTrainConfig):
     """The algorithm's knobs (:class:`MetaTrainConfig`) plus the run's."""
 
-    model: str = Field("smollm2-135m", min_length=1)
-    data_dir: str | None = None
-    max_length: int = Field(2048, ge=8)
-    device: str = "cpu"
-    out_dir: str | None = None
+    model: str = Field("smollm2-135m", min_length=1, description="base model (as for zo finetune); the policy is "
+                                                                 "specific to it")
+    data_dir: str | None = Field(None, description="data directory (default: $ZO_DATA_DIR or ../shared/data)")
+    max_length: int = Field(2048, ge=8, description="longest tokenised input (tokens)")
+    device: str = Field("cpu", description="torch device, e.g. cpu or cuda:0")
+    out_dir: str | None = Field(None, description="run directory (policy, curves, summary)")
     register_policy: bool = Field(False, description="register in MLflow as zo-policy-<model>@champion")
-    tracking: bool = True
-    tracking_uri: str | None = None
-    experiment: str = "zo-policy-meta"
-    run_name: str | None = None
-    progress: bool = True
+    tracking: bool = Field(True, description="log the run to MLflow (--no-tracking: do not)")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)")
+    experiment: str = Field("zo-policy-meta", description="MLflow experiment")
+    run_name: str | None = Field(None, description="MLflow run name (default: what it meta-trains)")
+    progress: bool = Field(True, description="show a progress bar")
 
 
 def load_config(path: str | None, overrides: dict[str, Any], preset: str | None = None) -> MetaTrainRunConfig:

@@ -235,7 +235,7 @@ def test_register_and_resolve_through_a_real_mlflow_server(tmp_path, mlflow_temp
     (["--tasks", "copa,copa"], "tasks must be distinct"),
     (["--preset", "huge"], "unknown meta-train preset 'huge'"),
     (["--model", "tiny:nosuch"], "unknown tiny fixture"),
-    (["--profile", "fast"], "Invalid value for '--profile': 'fast' is not one of 'descent', 'paper'"),
+    (["--profile", "fast"], "profile='fast' is invalid (--profile): allowed: 'paper', 'descent'"),
     (["--profile", "descent", "--batch-size", "1"], "batch_size must be >= 2"),
 ])
 def test_meta_train_cli_rejects_bad_input_before_loading_a_model(monkeypatch, tmp_path, args, msg):

@@ -13,9 +13,15 @@ from pathlib import Path
 
 import click
 
+from pipelines.compare.config import CompareConfig
 from pipelines.console import EXIT_USAGE, one_line_errors
+from pipelines.finetune.config import FinetuneConfig
+from pipelines.meta_train import MetaTrainRunConfig
 from pipelines.study.cli import study
+from pipelines.sweep.config import SweepConfig
 from zoplatform.errors import ZOError
+
+from .options import OneLineUsageErrors, config_options, given
 
 friendly = one_line_errors()  # every command: bad input is one line, exit 2
 
@@ -40,39 +46,20 @@ def _terminate(signum, frame):
 
 
 # --------------------------------------------------------------------------- finetune
-def finetune_options(f):
-    opts = [
-        click.option("--model", help="hub id, local path, packaged name (smollm2-135m, minilm-l6) or tiny:llama|opt|gpt2|bert"),
-        click.option("--task", help="task name (zo tasks)"),
-        click.option("--method", help="ZO method (zo methods) or 'fo' (first-order AdamW)"),
-        click.option("--steps", type=int), click.option("--lr", type=float), click.option("--eps", type=float),
-        click.option("--weight-decay", type=float), click.option("--schedule", type=str),
-        click.option("--direction", type=str, help="gaussian (default), rademacher or pool"),
-        click.option("--batch-size", type=int), click.option("--seed", type=int), click.option("--eval-every", type=int),
-        click.option("--num-train", type=int), click.option("--num-dev", type=int), click.option("--num-test", type=int),
-        click.option("--eval-batch-size", type=int), click.option("--max-length", type=int),
-        click.option("--data-dir", type=str, help="data directory (default: $ZO_DATA_DIR or ../shared/data)"),
-        click.option("--protocol", type=str, help="prompt (causal LM) or head (sequence classification)"),
-        click.option("--head-init", type=str, help="head protocol: random (default) or probe (linear probe first)"),
-        click.option("--lora/--no-lora", default=None), click.option("--lora-r", type=int),
-        click.option("--device", type=str), click.option("--dtype", type=str),
-        click.option("--precision", type=str, help="fp32 (default) | bf16-mixed (bf16 forward, fp32 master weights) "
-                                                   "| fp16-mixed | bf16-true | fp16-true"),
-        click.option("--threads", type=int, help="CPU threads for the forward and the direction generation"),
-        click.option("--workers", type=int, help="data-parallel ZO over N local worker processes (torchrun)"),
-        click.option("--select", type=str, help="best (dev) or last step for the test evaluation"),
-        click.option("--zero-shot/--no-zero-shot", default=None, help="evaluate the base model on test first (default on)"),
-        click.option("--tracking-uri", type=str), click.option("--experiment", type=str),
-        click.option("--run-name", type=str), click.option("--out-dir", type=str),
-        click.option("--resume", is_flag=True, default=None, help="continue the run in --out-dir from its trajectory"),
-        click.option("--no-tracking", "tracking", flag_value=False, default=None, help="do not log to MLflow"),
+finetune_options = config_options(
+    FinetuneConfig,
+    exclude={"method_options": "a dict: given as --option KEY=VALUE (repeatable)"},
+    help={"resume": "continue the run in --out-dir from its trajectory (its stored --workers too)",
+          "tracking": "log to MLflow (--no-tracking: do not)"})
+
+
+def finetune_extras(f):
+    """The options of ``zo finetune`` that are not fields of :class:`FinetuneConfig`."""
+    for o in reversed([
         click.option("--option", "method_option", multiple=True, help="extra method hyperparameter KEY=VALUE"),
-        click.option("--policy", help="zo-finetuner policy: a directory, models:/zo-policy-<model>@champion or "
-                                      "models:/NAME/N"),
         click.option("--config", "config_file", type=str, help="YAML/JSON file of options (CLI values win)"),
         click.option("--json", "as_json", is_flag=True, help="print a one-line JSON summary last"),
-    ]
-    for o in reversed(opts):
+    ]):
         f = o(f)
     return f
 
@@ -133,8 +120,9 @@ def check_unfinished(out_dir: Path) -> None:
                           f"again, and a new run needs another --out-dir")
 
 
-@main.command()
+@main.command(cls=OneLineUsageErrors)
 @finetune_options
+@finetune_extras
 @ui_url_option
 @friendly
 def finetune(config_file, as_json, method_option, **opts):
@@ -251,62 +239,49 @@ def models_list():
         click.echo(f"{n:14s} random test fixture")
 
 
-def run_data_options(f):
-    """Options every run of a sweep or a comparison shares: batch, data sizes, data dir, device."""
-    for o in reversed([click.option("--batch-size", type=int), click.option("--num-train", type=int),
-                       click.option("--num-dev", type=int), click.option("--num-test", type=int),
-                       click.option("--data-dir", type=str), click.option("--device", type=str),
-                       click.option("--dtype", type=str)]):
-        f = o(f)
-    return f
-
-
 # --------------------------------------------------------------------------- sweep
-@main.command()
-@click.option("--method", help="ZO method to tune (zo methods)")
-@click.option("--task", help="task name (zo tasks)")
-@click.option("--model", help="model (as for zo finetune)")
-@click.option("--trials", type=int, help="number of trials (default 8)")
-@click.option("--steps", type=int, help="ZO steps per trial (default 500)")
-@click.option("--space", help="search space YAML (default: the method's packaged space)")
-@click.option("--backend", help="ray (default; local or RAY_ADDRESS cluster) or optuna (one machine, no Ray)")
-@click.option("--scheduler", help="asha (default; forward passes as its time) or none")
-@click.option("--resources", help="per trial, e.g. cpu=2,gpu=0.25 (default cpu=1)")
-@click.option("--max-concurrent", type=int, help="trials at once (default 2)")
-@click.option("--storage", help="sweep directory root, shared on a cluster (default ./sweeps)")
-@click.option("--name", help="sweep name (default METHOD-TASK-MODEL)")
-@click.option("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)")
-@click.option("--experiment", help="MLflow experiment (default zo-sweep)")
-@click.option("--objectives", help="comma-separated: acc (default), loss, forward_passes")
-@click.option("--seed", type=int, help="data/ZO seed of every trial and the sampler's seed")
-@click.option("--max-failures", type=int, help="retries of a failed trial from its checkpoint (default 2)")
-@click.option("--grace-period", type=int, help="ASHA's first rung in forward passes (default 10% of a trial)")
-@click.option("--reduction-factor", type=float, help="ASHA reduction factor (default 3)")
-@click.option("--time-budget-s", type=float, help="wall-clock budget of the sweep")
-@click.option("--optuna-storage", help="Optuna RDB URL or journal file (default: a journal in the sweep dir)")
-@click.option("--confirm-seeds", type=int, help="after the search, re-run the best config(s) and the space's paper "
-                                                "default on N fresh seeds and pair them: did tuning help?")
-@click.option("--confirm-top", type=int, help="how many of the best configurations to confirm (default 1)")
-@click.option("--eval-every", type=int)
-@run_data_options
-@click.option("--precision", help="every trial's precision: fp32 (default) | bf16-mixed | fp16-mixed | bf16-true "
-                                  "| fp16-true")
+# fine-tune options every trial shares (the sweep's `finetune` dict; any other one through --set KEY=VALUE)
+SWEEP_FINETUNE = ("eval_every", "batch_size", "num_train", "num_dev", "num_test", "data_dir", "device", "dtype",
+                  "precision")
+
+
+@main.command(cls=OneLineUsageErrors)
+@config_options(
+    SweepConfig,
+    exclude={"finetune": "a dict: the fine-tune options below and --set KEY=VALUE"},
+    help={"method": "ZO method to tune (zo methods)", "task": "task name (zo tasks)",
+          "model": "model (as for zo finetune)", "trials": "number of trials (default 8)",
+          "steps": "ZO steps per trial (default 500)", "space": "search space YAML (default: the method's packaged space)",
+          "backend": "ray (default; local or RAY_ADDRESS cluster) or optuna (one machine, no Ray)",
+          "scheduler": "asha (default; forward passes as its time) or none",
+          "resources": "per trial, e.g. cpu=2,gpu=0.25 (default cpu=1)",
+          "max_concurrent": "trials at once (default 2)",
+          "storage": "sweep directory root, shared on a cluster (default ./sweeps)",
+          "name": "sweep name (default METHOD-TASK-MODEL)",
+          "tracking_uri": "MLflow tracking URI (default sqlite:///$PWD/mlflow.db)",
+          "experiment": "MLflow experiment (default zo-sweep)",
+          "objectives": "comma-separated: acc (default), loss, forward_passes",
+          "seed": "data/ZO seed of every trial and the sampler's seed",
+          "max_failures": "retries of a failed trial from its checkpoint (default 2)",
+          "grace_period": "ASHA's first rung in forward passes (default 10% of a trial)",
+          "reduction_factor": "ASHA reduction factor (default 3)", "time_budget_s": "wall-clock budget of the sweep",
+          "optuna_storage": "Optuna RDB URL or journal file (default: a journal in the sweep dir)",
+          "resume": "continue the interrupted sweep --storage/--name",
+          "confirm_seeds": "after the search, re-run the best config(s) and the space's paper default on N fresh "
+                           "seeds and pair them: did tuning help?",
+          "confirm_top": "how many of the best configurations to confirm (default 1)"})
+@config_options(FinetuneConfig, only=SWEEP_FINETUNE,
+                help={"precision": "every trial's precision: fp32 (default) | bf16-mixed | fp16-mixed | bf16-true "
+                                   "| fp16-true"})
 @click.option("--set", "settings", multiple=True, help="other fine-tune option KEY=VALUE (e.g. max_length=256)")
-@click.option("--resume", is_flag=True, default=None, help="continue the interrupted sweep --storage/--name")
 @click.option("--json", "as_json", is_flag=True, help="print a one-line JSON summary last")
 @ui_url_option
 @friendly
-def sweep(objectives, settings, as_json, batch_size, eval_every, num_train, num_dev, num_test, data_dir, device,
-          dtype, precision, **opts):
+def sweep(settings, as_json, **opts):
     """Tune a method's hyperparameters: Ray Tune (or Optuna) over ZO fine-tunes, tracked in MLflow."""
     from pipelines.sweep import load_sweep_config, run
 
-    ft = {"batch_size": batch_size, "eval_every": eval_every, "num_train": num_train, "num_dev": num_dev,
-          "num_test": num_test, "data_dir": data_dir, "device": device, "dtype": dtype,
-          "precision": precision} | parse_kv(settings)
-    opts["finetune"] = {k: v for k, v in ft.items() if v is not None}
-    if objectives is not None:
-        opts["objectives"] = [o.strip() for o in objectives.split(",") if o.strip()]
+    opts["finetune"] = given({k: opts.pop(k) for k in SWEEP_FINETUNE}) | parse_kv(settings)
     cfg = load_sweep_config(opts)
     out = run(cfg)
     if as_json:  # stdout: the one-line JSON; the links (and how to go on) for a person on stderr
@@ -328,58 +303,10 @@ def sweep(objectives, settings, as_json, batch_size, eval_every, num_train, num_
 
 
 # --------------------------------------------------------------------------- meta-train
-class OneLineUsageErrors(click.Command):
-    """A bad option value (e.g. a ``click.Choice``) is one ``error: ...`` line and exit 2, like a ConfigError."""
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except click.BadParameter as e:
-            click.echo(f"error: {e.format_message()}", err=True)
-            ctx.exit(EXIT_USAGE)
-
-
 @main.command("meta-train", cls=OneLineUsageErrors)
-@click.option("--model", help="base model (as for zo finetune); the policy is specific to it")
-@click.option("--tasks", help="comma-separated meta-training task(s), e.g. copa or sst2,copa")
-@click.option("--profile", type=click.Choice(["descent", "paper"]),
-              help="descent (default): per-block scale fitted to the closed-form expected ZO descent; "
-                   "paper: the paper's eta_u lookahead (does not move the policy, docs §5.4)")
-@click.option("--preset", help="paper defaults: single (COPA, default) or multi (task mixture)")
-@click.option("--epochs", type=int)
-@click.option("--restart", type=int, help="reset θ to the base weights every N epochs")
-@click.option("--steps-per-epoch", type=int, help="default: ceil(train examples / batch size)")
-@click.option("--num-train", type=int, help="train examples per task")
-@click.option("--num-dev", type=int, help="dev examples per task (0: no dev loss)")
-@click.option("--batch-size", type=int)
-@click.option("--lr-mlp", type=float, help="policy SGD learning rate")
-@click.option("--eta-u", type=float, help="virtual ZO step size in the meta-loss")
-@click.option("--lr-llm", type=float, help="FO SGD learning rate of the trajectory")
-@click.option("--momentum", type=float)
-@click.option("--eps", type=float)
-@click.option("--seed", type=int)
-@click.option("--mixture", help="round_robin (default) or proportional (multi-task batches)")
-@click.option("--embedding-rows", type=int, help="rows an embedding counts as in the normalisation (15·batch)")
-@click.option("--finetune-lr", type=float, help="lr the expected descent (descent profile, meta-val) assumes")
-@click.option("--finetune-batch", type=int, help="deployment batch size the expected descent assumes (16)")
-@click.option("--curvature-margin", type=float, help="inflation of the empirical-Fisher curvature (2)")
-@click.option("--kl-weight", type=float, help="descent: weight of the budget-share KL to sigma = 1 (1.0)")
-@click.option("--sigma-bound", type=float, help="descent: sigma_b within [1/bound, bound] (10)")
-@click.option("--policy-lr", type=float, help="descent: Adam lr of the log-scales (0.05)")
-@click.option("--inner-steps", type=int, help="descent: Adam steps per meta-step (5)")
-@click.option("--sharing", type=click.Choice(["type_depth", "type", "block"]),
-              help="descent: one scale per block type and depth third (default), per type, or per block")
-@click.option("--select", help="best (default: the epoch with the best meta-val gain) or last")
-@click.option("--max-length", type=int)
-@click.option("--device", type=str)
-@click.option("--out-dir", type=str)
-@click.option("--register/--no-register", "register_policy", default=None, help="register in MLflow as zo-policy-<model>@champion")
-@click.option("--tracking-uri", type=str)
-@click.option("--experiment", type=str)
-@click.option("--run-name", type=str)
-@click.option("--data-dir", type=str)
-@click.option("--no-tracking", "tracking", flag_value=False, default=None, help="do not log to MLflow")
-@click.option("--progress/--no-progress", default=None)
+@config_options(MetaTrainRunConfig, flags={"register_policy": "--register"})
+@click.option("--preset", help="paper defaults: single (COPA, default) or multi (task mixture); the config file "
+                               "and the options given override it")
 @click.option("--config", "config_file", type=str, help="YAML/JSON file of options (CLI values win)")
 @click.option("--json", "as_json", is_flag=True, help="print a one-line JSON summary last")
 @ui_url_option
@@ -400,31 +327,35 @@ def meta_train(config_file, as_json, preset, **opts):
 
 
 # --------------------------------------------------------------------------- compare
-@main.command()
-@click.option("--methods", help="comma-separated method labels: ZO methods, fo, zero-shot, or labels in --configs")
-@click.option("--tasks", help="comma-separated tasks (zo tasks)")
-@click.option("--model", help="model (as for zo finetune; default smollm2-135m)")
-@click.option("--seeds", type=int, help="seeds 0..N-1 (default 3)")
-@click.option("--forward-budget", type=int, help="forward passes per run (two-point methods: budget/2 steps)")
-@click.option("--task-budget", "task_budgets", help="per-task forward budgets overriding --forward-budget, e.g. cb=200")
-@click.option("--eval-points", type=int, help="dev evaluations per run (default 6)")
+@main.command(cls=OneLineUsageErrors)
+@config_options(
+    CompareConfig,
+    exclude={"configs": "a dict: read from the --configs file"},
+    custom={"seeds": click.option("--seeds", type=int, help="seeds 0..N-1 (default 3)"),
+            "task_budgets": click.option("--task-budget", "task_budgets",
+                                         help="per-task forward budgets overriding --forward-budget, e.g. cb=200")},
+    help={"methods": "comma-separated method labels: ZO methods, fo, zero-shot, or labels in --configs",
+          "tasks": "comma-separated tasks (zo tasks)", "model": "model (as for zo finetune; default smollm2-135m)",
+          "forward_budget": "forward passes per run (two-point methods: budget/2 steps)",
+          "eval_points": "dev evaluations per run (default 6)",
+          "reference": "label the others are paired with (verdicts, Δ with 95% intervals) and whose final dev "
+                       "accuracy they must reach (default mezo)",
+          "backend": "local (default; one run at a time, fresh process each) or ray (parallel)",
+          "resources": "per run, e.g. cpu=1 or cpu=4,gpu=1 (default cpu=1)",
+          "out": "output directory (default ./compare); rerunning reuses finished runs",
+          "tracking_uri": "MLflow tracking URI (default sqlite:///$PWD/mlflow.db)",
+          "experiment": "MLflow experiment (default zo-compare)",
+          "head_init": "head protocol: random (default) or probe (linear-probe the head first)",
+          "precision": "every run's precision: fp32 | bf16-mixed | fp16-mixed | bf16-true | fp16-true (a --configs "
+                       "label's own precision overrides it)",
+          "update_readme": "replace the Results block of this Markdown file (e.g. docs/evidence.md) with the report",
+          "readme_block": "which generated block --update-readme replaces: NAME in <!-- NAME:start --> ... "
+                          "<!-- NAME:end --> (default results)",
+          "report_only": "report the runs already finished under --out, run nothing",
+          # the data options every run shares are FinetuneConfig's; so is their help
+          **{k: FinetuneConfig.model_fields[k].description
+             for k in ("batch_size", "num_train", "num_dev", "num_test", "data_dir", "device", "dtype")}})
 @click.option("--configs", "configs_file", help="YAML: label -> finetune options, or -> a zo sweep best_config.yaml")
-@click.option("--reference", help="label the others are paired with (verdicts, Δ with 95% intervals) and whose "
-                                  "final dev accuracy they must reach (default mezo)")
-@click.option("--backend", help="local (default; one run at a time, fresh process each) or ray (parallel)")
-@click.option("--resources", help="per run, e.g. cpu=1 or cpu=4,gpu=1 (default cpu=1)")
-@click.option("--out", help="output directory (default ./compare); rerunning reuses finished runs")
-@run_data_options
-@click.option("--tracking-uri", help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)")
-@click.option("--experiment", help="MLflow experiment (default zo-compare)")
-@click.option("--head-init", help="head protocol: random (default) or probe (linear-probe the head first)")
-@click.option("--precision", help="every run's precision: fp32 | bf16-mixed | fp16-mixed | bf16-true | fp16-true "
-                                  "(a --configs label's own precision overrides it)")
-@click.option("--update-readme", help="replace the Results block of this Markdown file (e.g. docs/evidence.md) "
-                                       "with the report")
-@click.option("--readme-block", help="which generated block --update-readme replaces: NAME in "
-                                     "<!-- NAME:start --> ... <!-- NAME:end --> (default results)")
-@click.option("--report-only", is_flag=True, default=None, help="report the runs already finished under --out, run nothing")
 @click.option("--json", "as_json", is_flag=True, help="print a one-line JSON summary last")
 @ui_url_option
 @friendly

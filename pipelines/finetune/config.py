@@ -16,50 +16,56 @@ FO_METHODS = {"fo": "first-order AdamW (backprop) baseline"}
 class FinetuneConfig(StrictModel):
     """Everything a fine-tune run needs; validated before any model loads."""
 
-    model: str = Field("smollm2-135m", min_length=1)
-    task: str = "sst2"
-    method: str = "mezo"
+    model: str = Field("smollm2-135m", min_length=1, description="hub id, local path, packaged name (smollm2-135m, "
+                                                                 "minilm-l6) or tiny:llama|opt|gpt2|bert")
+    task: str = Field("sst2", description="task name (zo tasks)")
+    method: str = Field("mezo", description="ZO method (zo methods) or 'fo' (first-order AdamW)")
     steps: int = Field(500, ge=0, le=10_000_000, description="ZO steps (at most 10⁷: a trajectory line per step)")
     lr: float | None = Field(None, gt=0, description="default: the method's (MeZO 1e-6, fo 1e-5)")
-    eps: float | None = Field(None, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "linear"] = "constant"
-    direction: Literal["gaussian", "rademacher", "pool"] | None = None
+    eps: float | None = Field(None, gt=0, description="ZO perturbation scale; default: the method's")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay")
+    schedule: Literal["constant", "linear"] = Field("constant", description="learning-rate schedule over the steps")
+    direction: Literal["gaussian", "rademacher", "pool"] | None = Field(
+        None, description="law of the random directions (default: the method's, gaussian for MeZO)")
     method_options: dict[str, Any] = Field(default_factory=dict, description="extra method hyperparameters")
-    policy: str | None = Field(None, description="zo-finetuner: policy dir or models:/zo-policy-<model>@champion")
-    batch_size: int = Field(16, ge=1)
-    seed: int = Field(0, ge=0)
-    eval_every: int = Field(100, ge=1)
-    num_train: int = Field(1000, ge=1)
+    policy: str | None = Field(None, description="zo-finetuner policy: a directory, "
+                                "models:/zo-policy-<model>@champion or models:/NAME/N")
+    batch_size: int = Field(16, ge=1, description="training batch size")
+    seed: int = Field(0, ge=0, description="seed of the data sample, the model init and the ZO directions")
+    eval_every: int = Field(100, ge=1, description="steps between dev evaluations")
+    num_train: int = Field(1000, ge=1, description="train examples sampled")
     num_dev: int | None = Field(None, ge=1, description="default 500 (100 for CB/COPA)")
-    num_test: int = Field(1000, ge=1)
-    eval_batch_size: int = Field(32, ge=1, le=65536)
-    max_length: int = Field(2048, ge=8)
-    data_dir: str | None = None
-    protocol: Literal["prompt", "head"] | None = None
+    num_test: int = Field(1000, ge=1, description="test examples sampled")
+    eval_batch_size: int = Field(32, ge=1, le=65536, description="batch size of the evaluations")
+    max_length: int = Field(2048, ge=8, description="longest tokenised input (tokens)")
+    data_dir: str | None = Field(None, description="data directory (default: $ZO_DATA_DIR or ../shared/data)")
+    protocol: Literal["prompt", "head"] | None = Field(
+        None, description="prompt (causal LM) or head (sequence classification); default: the model's")
     head_init: Literal["random", "probe"] = Field(
         "random", description="head protocol: 'probe' fits the classifier by a linear probe on frozen features first")
-    lora: bool = False
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: float = Field(16, gt=0)
-    device: str = "cpu"
+    lora: bool = Field(False, description="train LoRA adapters instead of all weights")
+    lora_r: int = Field(8, ge=1, description="LoRA rank")
+    lora_alpha: float = Field(16, gt=0, description="LoRA alpha (scaling)")
+    device: str = Field("cpu", description="torch device, e.g. cpu or cuda:0")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="weights' dtype (bfloat16/float16: pure low-precision weights); see precision")
     precision: Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16-true", "fp16-true"] | None = Field(
         None, description="fp32 | bf16-mixed (bf16 forward, fp32 master weights: no update lost) | fp16-mixed | "
                           "bf16-true | fp16-true; default: the one dtype names")
-    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads (torch and direction generation)")
-    workers: int = Field(1, ge=1, le=256, description="data-parallel ZO workers (torchrun); losses all-reduced")
-    select: Literal["best", "last"] = "best"
-    zero_shot: bool = True
-    tracking: bool = True
-    tracking_uri: str | None = None
-    experiment: str = "zo-finetune"
-    run_name: str | None = None
-    parent_run_id: str | None = None
-    out_dir: str | None = None
-    resume: bool = False
-    progress: bool = True
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads (torch and the direction generation)")
+    workers: int = Field(1, ge=1, le=256, description="data-parallel ZO over N local worker processes "
+                                                                "(torchrun); losses all-reduced")
+    select: Literal["best", "last"] = Field("best", description="the step the test evaluation uses: best dev or last")
+    zero_shot: bool = Field(True, description="evaluate the base model on test first")
+    tracking: bool = Field(True, description="log the run to MLflow (--no-tracking: do not)")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)")
+    experiment: str = Field("zo-finetune", description="MLflow experiment")
+    run_name: str | None = Field(None, description="MLflow run name (and the default out_dir's name)")
+    parent_run_id: str | None = Field(None, description="MLflow run to nest this run under (zo sweep and zo "
+                                                             "compare set it)")
+    out_dir: str | None = Field(None, description="run directory (trajectory, state, summary)")
+    resume: bool = Field(False, description="continue the run in out_dir from its trajectory")
+    progress: bool = Field(True, description="show a progress bar")
 
     @model_validator(mode="after")
     def _check(self):
