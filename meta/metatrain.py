@@ -300,145 +300,181 @@ def meta_train(model, scorer, train_sets: Mapping[str, Sequence[Example]], cfg: 
     """
     from tqdm.auto import tqdm
 
-    from zoplatform.loop import evaluate
-
-    t0 = time.perf_counter()
-    model.eval()
-    blocks = model_blocks(model)
-    if not blocks:
-        raise ValueError("meta_train: the model has no trainable parameters")
-    emb = embedding_block_names(model, cfg.embedding_pattern)
-    layout = [(b.name, list(b.param.shape), b.name in emb) for b in blocks]
-    rows = cfg.embedding_rows or 15 * cfg.batch_size
-    counts = torch.tensor(effective_counts([s for _, s, _ in layout], [e for *_, e in layout], rows),
-                          dtype=torch.float64)
-    names = [t for t in cfg.tasks if t in train_sets]
-    sets = [list(train_sets[t]) for t in names]
-    descent = DescentModel(lr=cfg.finetune_lr, batch=cfg.finetune_batch, margin=cfg.curvature_margin)
-    if cfg.profile == "paper":
-        policy: PerturbationPolicy | ScalePolicy = PerturbationPolicy(layout, base_model=base_model,
-                                                                      embedding_rows=rows, seed=cfg.seed)
-        stepper = MetaStepper(model, scorer, policy, blocks, counts, eps=cfg.eps, eta_u=cfg.eta_u,
-                              lr_mlp=cfg.lr_mlp, direction=cfg.direction, chunk_size=cfg.chunk_size)
-    else:
-
-        policy = ScalePolicy(layout, base_model=base_model, embedding_rows=rows, bound=cfg.sigma_bound,
-                             groups=sharing_groups([n for n, *_ in layout], cfg.sharing), sharing=cfg.sharing)
-        stepper = DescentStepper(scorer, policy, blocks, counts, len(names), model=descent,
-                                 kl_weight=cfg.kl_weight, lr=cfg.policy_lr, inner_steps=cfg.inner_steps,
-                                 warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip)
-    base = [b.param.detach().clone() for b in blocks]
-    omega0 = {k_: v.detach().clone() for k_, v in policy.weights().items()}
-
-    # meta-validation statistics at the base weights (held-out batches of the meta-training tasks)
-    val_sets = {n: list(dev_sets[n]) for n in names if dev_sets and dev_sets.get(n)} if dev_sets else {}
-    metaval = MetaValidation(scorer, blocks, val_sets, cfg.batch_size, counts, descent, progress=progress) \
-        if val_sets else None
-    result = MetaResult(policy, profile=cfg.profile, initial_weights=omega0)
-    result.meta_val_metric = descent.metric_name()
-    val_loss = float(sum(st.loss * st.count for st in metaval.stats) / sum(st.count for st in metaval.stats)) \
-        if metaval else 0.0
-
-    def validate(epoch: int) -> dict[str, Any] | None:
-        if not metaval:
-            return None
-        sig = policy_sigma_at(policy, base_blocks(blocks, base), val_loss)
-        row = {"epoch": epoch, **metaval.evaluate(sig), "policy_rel_change": relative_change(policy.weights(),
-                                                                                           omega0)}
-        result.meta_val.append(row)
-        if tracker is not None:
-            tracker.log_metrics({"meta_val_gain": row["gain_over_uniform"],
-                                 "policy_rel_change": row["policy_rel_change"],
-                                 **{f"meta_val_gain_{t}": v for t, v in row["per_task"].items()}}, step)
-        return row
-
-    sizes = [len(s) for s in sets]
-    steps_per_epoch = cfg.steps_per_epoch or math.ceil(sum(sizes) / cfg.batch_size)
-    period = cfg.restart * steps_per_epoch
-    next_batch = batch_schedule(sizes, cfg.batch_size, cfg.seed, cfg.mixture)
-    hist = result.history
-    state = PolicyState.fresh(len(blocks))
-    fo_opt = None
-    k = 0
-    step = 0
-    row0 = validate(0)
-    # select="best" starts from the initial policy: an epoch is kept only if it beats it (never a worse policy)
-    best: tuple[float, int, dict] | None = None if row0 is None else (
-        row0["gain_over_uniform"], 0, {k_: v.detach().clone() for k_, v in policy.state_dict().items()})
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, disable=not progress, desc=f"meta ({cfg.profile})",
+    run = _MetaRun(model, scorer, train_sets, cfg, dev_sets=dev_sets, tracker=tracker, base_model=base_model,
+                   progress=progress)
+    bar = tqdm(total=cfg.epochs * run.steps_per_epoch, disable=not progress, desc=f"meta ({cfg.profile})",
                dynamic_ncols=True)
     for epoch in range(cfg.epochs):
         if epoch % cfg.restart == 0:
-            # restart the trajectory from the base weights: keeps high-loss states in the meta-train distribution
-            with torch.no_grad():
-                for b, w in zip(blocks, base):
-                    b.param.copy_(w)
-            fo_opt = torch.optim.SGD([b.param for b in blocks], lr=cfg.lr_llm, momentum=cfg.momentum)
-            state, k = PolicyState.fresh(len(blocks)), 0
-        for _ in range(steps_per_epoch):
-            t, idx = next_batch(step)
-            batch = [sets[t][i] for i in idx]
-            lr = cfg.lr_llm * (1.0 - k / period)  # linear FO lr decay within the restart period
-            for grp in fo_opt.param_groups:
-                grp["lr"] = lr
-            fo_opt.zero_grad(set_to_none=True)
-            if cfg.profile == "paper":
-                # meta step on ω at the current θ, then one FO step on θ
-                state, m = stepper(batch, state, step_seed(cfg.seed, step))
-                fo_loss = scorer.loss(batch)
-                fo_loss.backward()
-                m["fo_loss"] = float(fo_loss.detach())
-            else:
-                # half-batch gradients → statistics → ω; the FO step reuses the full-batch gradient
-                grads, m = stepper(batch, t)
-                for b, g in zip(blocks, grads):
-                    b.param.grad = g
-            fo_opt.step()
-            fo_opt.zero_grad(set_to_none=True)
-            m.update({"lr_llm": lr, "epoch": epoch, "task_index": t})
-            for key, v in m.items():
-                hist.setdefault(key, []).append(float(v))
-            step, k = step + 1, k + 1
-            if tracker is not None:
-                tracker.log_metrics(m, step)
+            run.restart()
+        for _ in range(run.steps_per_epoch):
+            m = run.train_step(epoch)
             if on_step is not None:
-                on_step(step, m)
+                on_step(run.step, m)
             bar.update(1)
             bar.set_postfix(meta=f"{m['meta_loss']:.4g}", sigma=f"{m['sigma_mean']:.3g}", refresh=False)
+        run.end_epoch(epoch)
+    bar.close()
+    return run.finish(out_dir)
+
+
+class _MetaRun:
+    """One meta-training run's state: the blocks and their base weights, the policy and its stepper, the FO
+    trajectory (optimizer, restart counter, policy state) and the meta-validation with the best epoch so far."""
+
+    def __init__(self, model, scorer, train_sets, cfg: MetaTrainConfig, *, dev_sets, tracker, base_model,
+                 progress):
+        self.t0 = time.perf_counter()
+        model.eval()
+        blocks = model_blocks(model)
+        if not blocks:
+            raise ValueError("meta_train: the model has no trainable parameters")
+        self.cfg, self.scorer, self.blocks, self.tracker, self.base_model = cfg, scorer, blocks, tracker, base_model
+        emb = embedding_block_names(model, cfg.embedding_pattern)
+        layout = [(b.name, list(b.param.shape), b.name in emb) for b in blocks]
+        rows = cfg.embedding_rows or 15 * cfg.batch_size
+        self.counts = torch.tensor(effective_counts([s for _, s, _ in layout], [e for *_, e in layout], rows),
+                                   dtype=torch.float64)
+        self.names = [t for t in cfg.tasks if t in train_sets]
+        self.sets = [list(train_sets[t]) for t in self.names]
+        self.dev_sets = dev_sets
+        descent = DescentModel(lr=cfg.finetune_lr, batch=cfg.finetune_batch, margin=cfg.curvature_margin)
+        self.policy, self.stepper = self._policy_and_stepper(model, layout, rows, descent)
+        self.base = [b.param.detach().clone() for b in blocks]
+        self.omega0 = {k_: v.detach().clone() for k_, v in self.policy.weights().items()}
+        # meta-validation statistics at the base weights (held-out batches of the meta-training tasks)
+        val_sets = {n: list(dev_sets[n]) for n in self.names if dev_sets and dev_sets.get(n)} if dev_sets else {}
+        self.metaval = MetaValidation(scorer, blocks, val_sets, cfg.batch_size, self.counts, descent,
+                                      progress=progress) if val_sets else None
+        self.result = MetaResult(self.policy, profile=cfg.profile, initial_weights=self.omega0)
+        self.result.meta_val_metric = descent.metric_name()
+        mv = self.metaval
+        self.val_loss = float(sum(st.loss * st.count for st in mv.stats) / sum(st.count for st in mv.stats)) \
+            if mv else 0.0
+        sizes = [len(s) for s in self.sets]
+        self.steps_per_epoch = cfg.steps_per_epoch or math.ceil(sum(sizes) / cfg.batch_size)
+        self.period = cfg.restart * self.steps_per_epoch
+        self.next_batch = batch_schedule(sizes, cfg.batch_size, cfg.seed, cfg.mixture)
+        self.state = PolicyState.fresh(len(blocks))
+        self.fo_opt = None
+        self.k = 0
+        self.step = 0
+        row0 = self.validate(0)
+        # select="best" starts from the initial policy: an epoch is kept only if it beats it (never a worse policy)
+        self.best: tuple[float, int, dict] | None = None if row0 is None else (
+            row0["gain_over_uniform"], 0, self._policy_copy())
+
+    def _policy_and_stepper(self, model, layout, rows, descent):
+        cfg, blocks = self.cfg, self.blocks
+        if cfg.profile == "paper":
+            policy: PerturbationPolicy | ScalePolicy = PerturbationPolicy(layout, base_model=self.base_model,
+                                                                          embedding_rows=rows, seed=cfg.seed)
+            return policy, MetaStepper(model, self.scorer, policy, blocks, self.counts, eps=cfg.eps,
+                                       eta_u=cfg.eta_u, lr_mlp=cfg.lr_mlp, direction=cfg.direction,
+                                       chunk_size=cfg.chunk_size)
+        policy = ScalePolicy(layout, base_model=self.base_model, embedding_rows=rows, bound=cfg.sigma_bound,
+                             groups=sharing_groups([n for n, *_ in layout], cfg.sharing), sharing=cfg.sharing)
+        return policy, DescentStepper(self.scorer, policy, blocks, self.counts, len(self.names), model=descent,
+                                      kl_weight=cfg.kl_weight, lr=cfg.policy_lr, inner_steps=cfg.inner_steps,
+                                      warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip)
+
+    def _policy_copy(self) -> dict:
+        return {k_: v.detach().clone() for k_, v in self.policy.state_dict().items()}
+
+    def validate(self, epoch: int) -> dict[str, Any] | None:
+        """Score the policy's σ at the base weights on the meta-validation batches (None without them)."""
+        if not self.metaval:
+            return None
+        sig = policy_sigma_at(self.policy, base_blocks(self.blocks, self.base), self.val_loss)
+        row = {"epoch": epoch, **self.metaval.evaluate(sig),
+               "policy_rel_change": relative_change(self.policy.weights(), self.omega0)}
+        self.result.meta_val.append(row)
+        if self.tracker is not None:
+            self.tracker.log_metrics({"meta_val_gain": row["gain_over_uniform"],
+                                      "policy_rel_change": row["policy_rel_change"],
+                                      **{f"meta_val_gain_{t}": v for t, v in row["per_task"].items()}}, self.step)
+        return row
+
+    def restart(self) -> None:
+        """Restart the trajectory from the base weights: keeps high-loss states in the meta-train distribution."""
+        with torch.no_grad():
+            for b, w in zip(self.blocks, self.base):
+                b.param.copy_(w)
+        self.fo_opt = torch.optim.SGD([b.param for b in self.blocks], lr=self.cfg.lr_llm,
+                                      momentum=self.cfg.momentum)
+        self.state, self.k = PolicyState.fresh(len(self.blocks)), 0
+
+    def train_step(self, epoch: int) -> dict[str, float]:
+        """One meta step on ω and one FO step on θ; returns the step's metrics (logged and kept in history)."""
+        cfg, fo_opt = self.cfg, self.fo_opt
+        t, idx = self.next_batch(self.step)
+        batch = [self.sets[t][i] for i in idx]
+        lr = cfg.lr_llm * (1.0 - self.k / self.period)  # linear FO lr decay within the restart period
+        for grp in fo_opt.param_groups:
+            grp["lr"] = lr
+        fo_opt.zero_grad(set_to_none=True)
+        if cfg.profile == "paper":
+            # meta step on ω at the current θ, then one FO step on θ
+            self.state, m = self.stepper(batch, self.state, step_seed(cfg.seed, self.step))
+            fo_loss = self.scorer.loss(batch)
+            fo_loss.backward()
+            m["fo_loss"] = float(fo_loss.detach())
+        else:
+            # half-batch gradients → statistics → ω; the FO step reuses the full-batch gradient
+            grads, m = self.stepper(batch, t)
+            for b, g in zip(self.blocks, grads):
+                b.param.grad = g
+        fo_opt.step()
+        fo_opt.zero_grad(set_to_none=True)
+        m.update({"lr_llm": lr, "epoch": epoch, "task_index": t})
+        for key, v in m.items():
+            self.result.history.setdefault(key, []).append(float(v))
+        self.step, self.k = self.step + 1, self.k + 1
+        if self.tracker is not None:
+            self.tracker.log_metrics(m, self.step)
+        return m
+
+    def end_epoch(self, epoch: int) -> None:
+        """The dev loss of θ per task, then meta-validation (keeping the best epoch's policy)."""
+        from zoplatform.loop import evaluate
+
+        dev_sets, names = self.dev_sets, self.names
         if dev_sets and any(dev_sets.get(n) for n in names):
             row: dict[str, float] = {"epoch": epoch + 1}
             for n in names:
                 if dev_sets.get(n):
-                    row[f"dev_loss_{n}"] = evaluate(scorer, list(dev_sets[n]), 32).loss
-            result.dev.append(row)
-            if tracker is not None:
-                tracker.log_metrics({k_: v for k_, v in row.items() if k_ != "epoch"}, step)
-        vrow = validate(epoch + 1)
-        if vrow is not None and (best is None or vrow["gain_over_uniform"] > best[0]):
-            best = (vrow["gain_over_uniform"], epoch + 1, {k_: v.detach().clone()
-                                                          for k_, v in policy.state_dict().items()})
-        if tracker is not None:
-            tracker.flush()
-    bar.close()
-    if cfg.select == "best" and best is not None:
-        policy.load_state_dict(best[2])
-        result.best_epoch = best[1]
-        result.selection = selection_note(result.meta_val, best[1])
-    elif result.meta_val:
-        result.best_epoch = cfg.epochs
-        result.selection = f"last epoch ({cfg.epochs}) kept (select=last)"
-    result.steps, result.wall_s = step, time.perf_counter() - t0
-    result.policy_change = relative_change(policy.weights(), omega0)
+                    row[f"dev_loss_{n}"] = evaluate(self.scorer, list(dev_sets[n]), 32).loss
+            self.result.dev.append(row)
+            if self.tracker is not None:
+                self.tracker.log_metrics({k_: v for k_, v in row.items() if k_ != "epoch"}, self.step)
+        vrow = self.validate(epoch + 1)
+        if vrow is not None and (self.best is None or vrow["gain_over_uniform"] > self.best[0]):
+            self.best = (vrow["gain_over_uniform"], epoch + 1, self._policy_copy())
+        if self.tracker is not None:
+            self.tracker.flush()
 
-    bb = base_blocks(blocks, base)
-    result.sigma_by_type = sigma_by_type([b.name for b in blocks],
-                                         effective_scales(initial_policy(policy, omega0), bb, counts, val_loss),
-                                         effective_scales(policy, bb, counts, val_loss))
-    if out_dir is not None:
-
-        result.artifacts = write_policy_report(policy, blocks, base, counts, omega0, Path(out_dir),
-                                               metaval=metaval, val_loss=val_loss, title=base_model)
-    return result
+    def finish(self, out_dir) -> MetaResult:
+        """Keep the selected epoch's policy, summarise its scales, write the report; the result."""
+        cfg, result, policy, blocks = self.cfg, self.result, self.policy, self.blocks
+        if cfg.select == "best" and self.best is not None:
+            policy.load_state_dict(self.best[2])
+            result.best_epoch = self.best[1]
+            result.selection = selection_note(result.meta_val, self.best[1])
+        elif result.meta_val:
+            result.best_epoch = cfg.epochs
+            result.selection = f"last epoch ({cfg.epochs}) kept (select=last)"
+        result.steps, result.wall_s = self.step, time.perf_counter() - self.t0
+        result.policy_change = relative_change(policy.weights(), self.omega0)
+        bb = base_blocks(blocks, self.base)
+        result.sigma_by_type = sigma_by_type(
+            [b.name for b in blocks],
+            effective_scales(initial_policy(policy, self.omega0), bb, self.counts, self.val_loss),
+            effective_scales(policy, bb, self.counts, self.val_loss))
+        if out_dir is not None:
+            result.artifacts = write_policy_report(policy, blocks, self.base, self.counts, self.omega0,
+                                                   Path(out_dir), metaval=self.metaval, val_loss=self.val_loss,
+                                                   title=self.base_model)
+        return result
 
 
 def selection_note(meta_val: Sequence[Mapping[str, Any]], kept: int) -> str:

@@ -155,7 +155,7 @@ def plot_meta_curves(history: dict, path: Path, title: str, meta_val: list | Non
 def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
     """Execute the recipe; returns the JSON summary."""
     from meta.metatrain import meta_train
-    from meta.registry import measurable_text, policy_verdict
+    from meta.registry import policy_verdict
     from meta.registry import register_policy as register_in_mlflow
     from zoplatform.loop import peak_memory_mb, reset_peak_memory
     from zoplatform.models import load_model
@@ -190,43 +190,15 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
                          out_dir=out_dir, progress=cfg.progress)
 
         # 5. policy files --------------------------------------------------------
-        meta = {"tasks": list(cfg.tasks), "data_seed": cfg.seed, "steps": res.steps, "profile": cfg.profile,
-                "policy_rel_change": res.policy_change, "meta_val_epoch": res.best_epoch,
-                "meta_val_gain": next((r["gain_over_uniform"] for r in res.meta_val if r["epoch"] == res.best_epoch),
-                                      None),
-                "meta_val_measurable": res.meta_val[0].get("measurable") if res.meta_val else None,
-                "meta_val_selection": res.selection or None,
-                "config": algo.model_dump(), "mlflow_run_id": tracker.run_id}
-        policy_dir = res.policy.save(out_dir / "policy", meta=meta)
+        policy_dir = res.policy.save(out_dir / "policy", meta=_policy_meta(cfg, algo, res, tracker.run_id))
         h = res.history
-        kept = next((r for r in res.meta_val if r["epoch"] == res.best_epoch), None)
-        meta_val = {"gain_over_uniform": kept["gain_over_uniform"] if kept else None,
-                    "metric": res.meta_val_metric if kept else "none (num_dev = 0: no held-out batches)",
-                    "per_task": kept["per_task"] if kept else {}, "epoch": res.best_epoch,
-                    # per task: was its held-out signal measurable? (none: the gain is noise, not evidence)
-                    "measurable": kept.get("measurable") if kept else None,
-                    "selection": res.selection or None,
-                    "initial_gain_over_uniform": res.meta_val[0]["gain_over_uniform"] if res.meta_val else None,
-                    "history": res.meta_val}
-        summary: dict[str, Any] = {
-            "model": cfg.model, "tasks": list(cfg.tasks), "seed": cfg.seed, "profile": cfg.profile,
-            "policy_kind": res.policy.kind, "steps": res.steps,
-            "n_blocks": len(res.policy.layout), "policy_dir": str(policy_dir.resolve()), "out_dir": str(out_dir),
-            "first_meta_loss": h["meta_loss"][0], "last_meta_loss": h["meta_loss"][-1],
-            "first_fo_loss": h["fo_loss"][0], "last_fo_loss": h["fo_loss"][-1],
-            "final_sigma_mean": h["sigma_mean"][-1], "policy_rel_change": res.policy_change,
-            "meta_val": meta_val,
-            "sigma_by_type": res.sigma_by_type,
-            "meta_train_time_s": round(res.wall_s, 2),
-            # the one-time cost is first-order memory: CUDA max allocated, or the process's max RSS on CPU
-            "peak_memory_mb": peak_memory_mb(device),
-            "dev": res.dev, "mlflow_run_id": tracker.run_id,
-        }
-
+        meta_val = _meta_val_summary(res)
+        summary = _summary(cfg, res, policy_dir, out_dir, meta_val, peak_memory_mb(device), tracker.run_id)
         tracker.log_metrics({"peak_memory_mb": summary["peak_memory_mb"],
                              "meta_train_time_s": summary["meta_train_time_s"],
                              "final_policy_rel_change": res.policy_change,
-                             **({"final_meta_val_gain": meta_val["gain_over_uniform"]} if kept else {})},
+                             **({"final_meta_val_gain": meta_val["gain_over_uniform"]}
+                                if meta_val["kept"] else {})},
                             step=res.steps)
 
         # 6. artifacts, registry ---------------------------------------------------
@@ -237,16 +209,9 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
             if f.is_file():
                 tracker.log_artifact(f)
         if cfg.register_policy:
-            card = {"profile": cfg.profile, "policy_kind": res.policy.kind, "meta_steps": res.steps,
-                    "policy_rel_change": f"{res.policy_change:.4g}",
-                    "meta_val_gain": "none" if not kept else f"{meta_val['gain_over_uniform']:.4g}",
-                    "meta_val_metric": meta_val["metric"], "meta_val_epoch": res.best_epoch}
-            if meta_val["measurable"] is not None:
-                card["meta_val_measurable"] = measurable_text(meta_val["measurable"])
-            if meta_val["selection"]:
-                card["meta_val_selection"] = meta_val["selection"]
             reg = register_in_mlflow(policy_dir, cfg.model, cfg.tasks, cfg.seed, cfg.tracking_uri,
-                                  run_id=tracker.run_id, experiment=cfg.experiment, card=card)
+                                     run_id=tracker.run_id, experiment=cfg.experiment,
+                                     card=_policy_card(cfg, res, meta_val))
             summary["registered"] = reg
             tracker.set_tags({"zo.policy_uri": reg["uri"], "zo.policy_version": reg["version"],
                               "zo.policy_version_uri": reg["version_uri"]})
@@ -262,3 +227,61 @@ def run(cfg: MetaTrainRunConfig, tracker=None) -> dict[str, Any]:
         summary["wall_time_s"] = round(time.perf_counter() - t_start, 2)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         return summary
+
+
+def _policy_meta(cfg: MetaTrainRunConfig, algo: MetaTrainConfig, res, run_id) -> dict[str, Any]:
+    """What the policy file records about its meta-training (tasks, steps, the kept epoch, the config)."""
+    return {"tasks": list(cfg.tasks), "data_seed": cfg.seed, "steps": res.steps, "profile": cfg.profile,
+            "policy_rel_change": res.policy_change, "meta_val_epoch": res.best_epoch,
+            "meta_val_gain": next((r["gain_over_uniform"] for r in res.meta_val if r["epoch"] == res.best_epoch),
+                                  None),
+            "meta_val_measurable": res.meta_val[0].get("measurable") if res.meta_val else None,
+            "meta_val_selection": res.selection or None,
+            "config": algo.model_dump(), "mlflow_run_id": run_id}
+
+
+def _meta_val_summary(res) -> dict[str, Any]:
+    """The kept epoch's meta-validation for the summary (``kept``: that epoch's row, None without held-out data)."""
+    kept = next((r for r in res.meta_val if r["epoch"] == res.best_epoch), None)
+    return {"gain_over_uniform": kept["gain_over_uniform"] if kept else None,
+            "metric": res.meta_val_metric if kept else "none (num_dev = 0: no held-out batches)",
+            "per_task": kept["per_task"] if kept else {}, "epoch": res.best_epoch,
+            # per task: was its held-out signal measurable? (none: the gain is noise, not evidence)
+            "measurable": kept.get("measurable") if kept else None,
+            "selection": res.selection or None,
+            "initial_gain_over_uniform": res.meta_val[0]["gain_over_uniform"] if res.meta_val else None,
+            "history": res.meta_val, "kept": kept}
+
+
+def _summary(cfg: MetaTrainRunConfig, res, policy_dir: Path, out_dir: Path, meta_val: dict, peak_mb,
+             run_id) -> dict[str, Any]:
+    h = res.history
+    return {
+        "model": cfg.model, "tasks": list(cfg.tasks), "seed": cfg.seed, "profile": cfg.profile,
+        "policy_kind": res.policy.kind, "steps": res.steps,
+        "n_blocks": len(res.policy.layout), "policy_dir": str(policy_dir.resolve()), "out_dir": str(out_dir),
+        "first_meta_loss": h["meta_loss"][0], "last_meta_loss": h["meta_loss"][-1],
+        "first_fo_loss": h["fo_loss"][0], "last_fo_loss": h["fo_loss"][-1],
+        "final_sigma_mean": h["sigma_mean"][-1], "policy_rel_change": res.policy_change,
+        "meta_val": {k: v for k, v in meta_val.items() if k != "kept"},
+        "sigma_by_type": res.sigma_by_type,
+        "meta_train_time_s": round(res.wall_s, 2),
+        # the one-time cost is first-order memory: CUDA max allocated, or the process's max RSS on CPU
+        "peak_memory_mb": peak_mb,
+        "dev": res.dev, "mlflow_run_id": run_id,
+    }
+
+
+def _policy_card(cfg: MetaTrainRunConfig, res, meta_val: dict) -> dict[str, Any]:
+    """The registered model version's card: how the policy was meta-trained and what meta-validation said."""
+    from meta.registry import measurable_text
+
+    card = {"profile": cfg.profile, "policy_kind": res.policy.kind, "meta_steps": res.steps,
+            "policy_rel_change": f"{res.policy_change:.4g}",
+            "meta_val_gain": "none" if not meta_val["kept"] else f"{meta_val['gain_over_uniform']:.4g}",
+            "meta_val_metric": meta_val["metric"], "meta_val_epoch": res.best_epoch}
+    if meta_val["measurable"] is not None:
+        card["meta_val_measurable"] = measurable_text(meta_val["measurable"])
+    if meta_val["selection"]:
+        card["meta_val_selection"] = meta_val["selection"]
+    return card

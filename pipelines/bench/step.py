@@ -259,32 +259,25 @@ def thread_scaling(model, task, batch_size, device, data_dir, threads, specs, di
     return out
 
 
-def step_cost(*, model: str, task: str, batch_size: int = 16, methods=("mezo",), directions=("gaussian",),
-              repeats: int = 5, device: str = "cpu", dtype: str = "float32", data_dir: str | None = None,
-              memory: bool = True, precisions=(), threads=()) -> dict[str, Any]:
-    import torch
-
-    import zoplatform
+def _check_step_cost_args(repeats, batch_size, precisions, threads) -> None:
     from zoplatform.errors import ConfigError
-    from zoplatform.models import check_spec
-    from zoplatform.objectives import NaiveScorer
-    from zoplatform.params import axpy_
+    from zoplatform.precision import check_precision
 
     if repeats < 1:
         raise ConfigError(f"repeats={repeats} is invalid: must be >= 1")
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} is invalid: must be >= 1")
-    from zoplatform.precision import check_precision
-
     for prec in precisions:
         check_precision(prec)
     if any(int(t) < 1 for t in threads):
         raise ConfigError(f"threads={','.join(map(str, threads))} is invalid: every count must be >= 1")
-    specs = {spec: parse_method_spec(spec) for spec in methods}
-    check_spec(model)
-    m, tok, scorer, batch, protocol = _setup(model, task, batch_size, device, dtype, data_dir)
-    out: dict[str, Any] = {"model": model, "task": task, "batch_size": batch_size, "device": device, "dtype": dtype,
-                           "torch_threads": torch.get_num_threads(), "methods": {}}
+
+
+def _forward_times(m, tok, scorer, batch, protocol, repeats, out: dict) -> float:
+    """The batch's forward (and, for the prompt protocol, the naive scorer's) into ``out``; the forward's time."""
+    import torch
+
+    from zoplatform.objectives import NaiveScorer
 
     def fwd():
         with torch.inference_mode():
@@ -302,55 +295,88 @@ def step_cost(*, model: str, task: str, batch_size: int = 16, methods=("mezo",),
         t_naive = _median_time(naive_fwd, max(1, repeats // 2))
         out["naive_forward_s"] = t_naive
         out["scorer_speedup"] = t_naive / t_fwd
+    return t_fwd
 
+
+def _method_step_times(m, scorer, batch, name, opts, direction, repeats, t_fwd, c_fwd) -> dict[str, Any]:
+    """One method's step and direction-pass times (median of ``repeats``) and their ratios to the forward."""
+    import torch
+
+    import zoplatform
+    from zoplatform.params import axpy_
+
+    law = {"direction": direction} if direction else {}
+    opt = zoplatform.optimizer(name, m.named_parameters(), lr=1e-7, record=False, **law, **opts)
+    fracs: list[float] = []
+
+    def step():
+        with torch.inference_mode():
+            opt.step(lambda: scorer.loss(batch))
+        extra = opt.last_record.extra
+        frac = extra.get("sampled_frac", extra.get("perturbed_frac"))
+        if frac is not None:
+            fracs.append(float(frac))
+
+    t_step, c_step = _median_times(step, repeats)
+
+    def direction_pass():  # under inference_mode like the steps: the scratch buffer is an inference tensor
+        with torch.inference_mode():
+            axpy_(opt.blocks, 1, opt.method.law, opt.method.scratch, 0.0)
+
+    law_pass, law_cpu = _median_times(direction_pass, repeats)
+    fps = opt.method.forwards_per_step
+    row = {"step_s": t_step, "step_to_2fwd_ratio": t_step / (2 * t_fwd), "direction_pass_s": law_pass,
+           "step_cpu_s": c_step, "step_to_2fwd_cpu_ratio": c_step / (2 * c_fwd), "direction_pass_cpu_s": law_cpu,
+           "forwards_per_step": fps, "step_to_own_forwards_ratio": t_step / (fps * t_fwd)}
+    if fracs:
+        row["perturbed_frac"] = sum(fracs) / len(fracs)
+    return row
+
+
+def _memory_section(common: dict, specs, directions, methods_out: dict) -> dict[str, Any]:
+    """Peak memory of inference, FO and every ZO method (each in its own subprocess) and their ratios."""
+    r_inf = _run_child(common | {"mode": "inference"})
+    inf, loaded = r_inf["peak_bytes"], r_inf["loaded_bytes"]
+    fo = _run_child(common | {"mode": "fo"})["peak_bytes"]
+    for spec, (name, opts) in specs.items():
+        for direction in _laws(name, directions, opts):
+            zo = _run_child(common | {"mode": "zo", "method": name, "options": opts,
+                                      "direction": direction})["peak_bytes"]
+            methods_out[f"{spec}/{direction}" if direction else spec].update(
+                {"peak_mb": zo / 2**20, "zo_mem_to_inference_ratio": zo / inf})
+    return {"measure": "CUDA max allocated" if common["device"].startswith("cuda") else "process peak RSS (VmHWM)",
+            "loaded_mb": loaded / 2**20, "inference_peak_mb": inf / 2**20, "fo_peak_mb": fo / 2**20,
+            "fo_mem_to_inference_ratio": fo / inf}
+
+
+def step_cost(*, model: str, task: str, batch_size: int = 16, methods=("mezo",), directions=("gaussian",),
+              repeats: int = 5, device: str = "cpu", dtype: str = "float32", data_dir: str | None = None,
+              memory: bool = True, precisions=(), threads=()) -> dict[str, Any]:
+    import torch
+
+    from zoplatform.models import check_spec
+
+    _check_step_cost_args(repeats, batch_size, precisions, threads)
+    specs = {spec: parse_method_spec(spec) for spec in methods}
+    check_spec(model)
+    m, tok, scorer, batch, protocol = _setup(model, task, batch_size, device, dtype, data_dir)
+    out: dict[str, Any] = {"model": model, "task": task, "batch_size": batch_size, "device": device, "dtype": dtype,
+                           "torch_threads": torch.get_num_threads(), "methods": {}}
+    t_fwd = _forward_times(m, tok, scorer, batch, protocol, repeats, out)
     base = [p.detach().clone() for p in m.parameters()]
     for spec, (name, opts) in specs.items():
         for direction in _laws(name, directions, opts):
-            law = {"direction": direction} if direction else {}
-            opt = zoplatform.optimizer(name, m.named_parameters(), lr=1e-7, record=False, **law, **opts)
-            fracs: list[float] = []
-
-            def step():
-                with torch.inference_mode():
-                    opt.step(lambda: scorer.loss(batch))
-                extra = opt.last_record.extra
-                frac = extra.get("sampled_frac", extra.get("perturbed_frac"))
-                if frac is not None:
-                    fracs.append(float(frac))
-
-            t_step, c_step = _median_times(step, repeats)
-            def direction_pass():  # under inference_mode like the steps: the scratch buffer is an inference tensor
-                with torch.inference_mode():
-                    axpy_(opt.blocks, 1, opt.method.law, opt.method.scratch, 0.0)
-
-            law_pass, law_cpu = _median_times(direction_pass, repeats)
-            fps = opt.method.forwards_per_step
             key = f"{spec}/{direction}" if direction else spec
-            out["methods"][key] = {
-                "step_s": t_step, "step_to_2fwd_ratio": t_step / (2 * t_fwd), "direction_pass_s": law_pass,
-                "step_cpu_s": c_step, "step_to_2fwd_cpu_ratio": c_step / (2 * c_fwd), "direction_pass_cpu_s": law_cpu,
-                "forwards_per_step": fps, "step_to_own_forwards_ratio": t_step / (fps * t_fwd),
-            }
-            if fracs:
-                out["methods"][key]["perturbed_frac"] = sum(fracs) / len(fracs)
+            out["methods"][key] = _method_step_times(m, scorer, batch, name, opts, direction, repeats, t_fwd,
+                                                     out["forward_cpu_s"])
             with torch.no_grad():  # undo the benchmark steps
                 for p, b in zip(m.parameters(), base):
                     p.copy_(b)
     if memory:
         common = {"model": model, "task": task, "batch_size": batch_size, "device": device, "dtype": dtype,
                   "data_dir": data_dir}
-        r_inf = _run_child(common | {"mode": "inference"})
-        inf, loaded = r_inf["peak_bytes"], r_inf["loaded_bytes"]
-        fo = _run_child(common | {"mode": "fo"})["peak_bytes"]
-        out["memory"] = {"measure": "CUDA max allocated" if device.startswith("cuda") else "process peak RSS (VmHWM)",
-                         "loaded_mb": loaded / 2**20, "inference_peak_mb": inf / 2**20, "fo_peak_mb": fo / 2**20,
-                         "fo_mem_to_inference_ratio": fo / inf}
-        for spec, (name, opts) in specs.items():
-            for direction in _laws(name, directions, opts):
-                zo = _run_child(common | {"mode": "zo", "method": name, "options": opts,
-                                          "direction": direction})["peak_bytes"]
-                out["methods"][f"{spec}/{direction}" if direction else spec].update(
-                    {"peak_mb": zo / 2**20, "zo_mem_to_inference_ratio": zo / inf})
+        # the ZO rows' memory lands in out["methods"]; the order of keys in "memory" is as before
+        out["memory"] = _memory_section(common, specs, directions, out["methods"])
     if precisions:
         out["precisions"] = precision_section(model, task, batch_size, device, data_dir, list(precisions), specs,
                                               directions, repeats, memory)
