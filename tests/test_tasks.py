@@ -456,17 +456,23 @@ def test_malformed_nested_jsonl(tmp_data, task, rel, row, message):
         load_split(task, "validation", tmp_data)
 
 
-@pytest.mark.parametrize("body, message", [
-    ("sentence\tlabel\ngood \t1\nbad\t0\textra\n",
+@pytest.mark.parametrize("task, rel, body, message", [
+    ("sst2", "sst2/dev.tsv", "sentence\tlabel\ngood \t1\nbad\t0\textra\n",
      "sst2/dev.tsv row 2 (line 3): expected 2 tab-separated fields, found 3"),
-    ("sentence\tlabel\ngood \t1\nno label here\n", "sst2/dev.tsv row 2 (line 3): missing field 'label'"),
-    ("sentence\tlabel\ngood \t1\nbad\t2\n", "sst2/dev.tsv row 2 (line 3): field 'label': unknown value '2'"),
-    ("sentence\tscore\ngood \t1\n", "sst2/dev.tsv row 1 (line 2): missing field 'label'"),
+    ("sst2", "sst2/dev.tsv", "sentence\tlabel\ngood \t1\nno label here\n",
+     "sst2/dev.tsv row 2 (line 3): missing field 'label'"),
+    ("sst2", "sst2/dev.tsv", "sentence\tlabel\ngood \t1\nbad\t2\n",
+     "sst2/dev.tsv row 2 (line 3): field 'label': unknown value '2'"),
+    ("sst2", "sst2/dev.tsv", "sentence\tscore\ngood \t1\n", "sst2/dev.tsv row 1 (line 2): missing field 'label'"),
+    ("trec", "trec/TREC.test.all", "3 Who ?\n9 What ?\n",
+     "trec/TREC.test.all row 2: field 'label': unknown value '9'"),
+    ("trec", "trec/TREC.test.all", "3 Who ?\n\n5\n", "trec/TREC.test.all row 2 (line 3): missing field 'text'"),
 ])
-def test_malformed_tsv(tmp_data, body, message):
-    _write(tmp_data, "sst2/dev.tsv", body)
+def test_malformed_text_rows(tmp_data, task, rel, body, message):
+    """TSV and label-first line files: a bad row is one error naming the file, row, line and field."""
+    _write(tmp_data, rel, body)
     with pytest.raises(DataError, match=re.escape(message)):
-        load_split("sst2", "validation", tmp_data)
+        load_split(task, "validation", tmp_data)
 
 
 def test_tsv_quoting_disabled(tmp_data):
@@ -475,16 +481,6 @@ def test_tsv_quoting_disabled(tmp_data):
     ex = load_split("sst2", "validation", tmp_data)
     assert [e.prompt for e in ex] == ['"the film " is fine It was', "null It was"]
     assert [e.label for e in ex] == [1, 0]
-
-
-@pytest.mark.parametrize("body, message", [
-    ("3 Who ?\n9 What ?\n", "trec/TREC.test.all row 2: field 'label': unknown value '9'"),
-    ("3 Who ?\n\n5\n", "trec/TREC.test.all row 2 (line 3): missing field 'text'"),
-])
-def test_malformed_label_lines(tmp_data, body, message):
-    _write(tmp_data, "trec/TREC.test.all", body)
-    with pytest.raises(DataError, match=re.escape(message)):
-        load_split("trec", "validation", tmp_data)
 
 
 def test_encoding_per_task(tmp_data):

@@ -24,6 +24,14 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def no_duplicates(cls, v: list) -> list:
+    """A pydantic field validator body: a list whose entries are unique
+    (``_unique = field_validator("tasks")(classmethod(no_duplicates))``)."""
+    if len(set(v)) != len(v):
+        raise ValueError(f"duplicate entries in {v}")
+    return v
+
+
 def one_line(err: ValidationError, where: str) -> str:
     """The first validation problem as ``where: field=value: why``."""
     e = err.errors()[0]

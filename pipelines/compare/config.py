@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.finetune.config import FinetuneConfig
-from zoplatform.config import StrictModel, read_mapping, validate
+from zoplatform.config import StrictModel, no_duplicates, read_mapping, validate
 from zoplatform.errors import ConfigError
 
 # finetune options a method label may set; everything else is the comparison's
@@ -55,12 +55,7 @@ class CompareConfig(StrictModel):
                               "replaced: <!-- NAME:start --> ... <!-- NAME:end -->")
     report_only: bool = Field(False, description="report the finished runs, run nothing")
 
-    @field_validator("methods", "tasks")
-    @classmethod
-    def _unique(cls, v):
-        if len(set(v)) != len(v):
-            raise ValueError(f"duplicate entries in {v}")
-        return v
+    _unique = field_validator("methods", "tasks")(classmethod(no_duplicates))
 
     @field_validator("methods")
     @classmethod

@@ -76,25 +76,34 @@ def run_cmd(file, arms, tasks, seeds, tracking_uri, no_report, runs_dir, as_json
         sys.exit(1)
 
 
-@study.command("report")
-@click.argument("file", type=click.Path())
-@runs_option
-@click.option("--json", "as_json", is_flag=True, help="print a one-line JSON summary last")
-@_one_line_errors
-def report_cmd(file, runs_dir, as_json):
+def _file_command(name: str):
+    """A ``zo study NAME FILE [--runs DIR] [--json]`` command whose body maps (study, file, runs dir) to its summary."""
+
+    def wrap(body):
+        @study.command(name, help=body.__doc__)
+        @click.argument("file", type=click.Path())
+        @runs_option
+        @click.option("--json", "as_json", is_flag=True, help="print a one-line JSON summary last")
+        @_one_line_errors
+        def cmd(file, runs_dir, as_json):
+            _emit(body(load_study(file), file, Path(runs_dir) if runs_dir else None), as_json)
+
+        return cmd
+
+    return wrap
+
+
+@_file_command("report")
+def report_cmd(s, file, runs_dir):
     """Write the study's reports from its run directories, else its committed archive (runs nothing)."""
     from .recipe import report
 
-    _emit(report(load_study(file), file, runs_dir=Path(runs_dir) if runs_dir else None, log=_say), as_json)
+    return report(s, file, runs_dir=runs_dir, log=_say)
 
 
-@study.command("archive")
-@click.argument("file", type=click.Path())
-@runs_option
-@click.option("--json", "as_json", is_flag=True, help="print a one-line JSON summary last")
-@_one_line_errors
-def archive_cmd(file, runs_dir, as_json):
+@_file_command("archive")
+def archive_cmd(s, file, runs_dir):
     """Pack the finished runs into the study's compact archive (<results>/runs.jsonl, predictions.npz)."""
     from .recipe import pack
 
-    _emit(pack(load_study(file), Path(runs_dir) if runs_dir else None), as_json)
+    return pack(s, runs_dir)

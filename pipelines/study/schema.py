@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from zoplatform.config import StrictModel, read_mapping, validate
+from zoplatform.config import StrictModel, no_duplicates, read_mapping, validate
 from zoplatform.errors import ConfigError
 
 NAME = r"^[a-z0-9][a-z0-9._-]*$"  # one path component: names folders and MLflow experiments
@@ -142,12 +142,7 @@ class Study(StrictModel):
             return list(range(v))
         return v
 
-    @field_validator("tasks", "seeds")
-    @classmethod
-    def _unique(cls, v):
-        if len(set(v)) != len(v):
-            raise ValueError(f"duplicate entries in {v}")
-        return v
+    _unique = field_validator("tasks", "seeds")(classmethod(no_duplicates))
 
     @field_validator("runs", "results")
     @classmethod

@@ -160,6 +160,14 @@ def _pool(path: str) -> dict[str, str]:
     return {"train": path, "validation": path}
 
 
+def _binary_lines(name: str, path: str, then: str, words: tuple[str, str], encoding: str = "utf-8",
+                  holdout: int = 2000) -> Task:
+    """A one-file "label text" task with labels 0/1 (MeZO's SST-2-style prompt: the word continues
+    ``text + then``); ``holdout`` rows of the file are the test pool."""
+    return Task(name, _pool(path), "lines", ("text", "label"), prompt=_then(then), candidates=words,
+                labels={"0": 0, "1": 1}, text=lambda r: r["text"].strip(), encoding=encoding, holdout=holdout)
+
+
 def _copa_choice(choice: str) -> str:
     # continues the premise mid-sentence: lower-case the first word unless it is "I"
     first, sep, rest = choice.partition(" ")
@@ -244,18 +252,10 @@ _ENTRIES = (
     # MR and SUBJ are Windows-1252, not latin-1: their 0x85/0x91/0x96/0x97 bytes are the
     # punctuation "…", "‘", "–", "—" (latin-1 would make them C1 control characters); every
     # other byte decodes as in latin-1.  CR and MPQA are ASCII.
-    Task("mr", _pool("mr/rt-polarity.all"), "lines", ("text", "label"),  # 0 = negative, 1 = positive
-         prompt=_then("It was"), candidates=(" terrible", " great"), labels={"0": 0, "1": 1},
-         text=lambda r: r["text"].strip(), encoding="cp1252", holdout=2000),
-    Task("cr", _pool("cr/custrev.all"), "lines", ("text", "label"),  # 0 = negative, 1 = positive
-         prompt=_then("It was"), candidates=(" terrible", " great"), labels={"0": 0, "1": 1},
-         text=lambda r: r["text"].strip(), holdout=1000),
-    Task("subj", _pool("subj/subj.all"), "lines", ("text", "label"),  # 0 = subjective, 1 = objective
-         prompt=_then("This is"), candidates=(" subjective", " objective"), labels={"0": 0, "1": 1},
-         text=lambda r: r["text"].strip(), encoding="cp1252", holdout=2000),
-    Task("mpqa", _pool("mpqa/mpqa.all"), "lines", ("text", "label"),  # 0 = negative, 1 = positive
-         prompt=_then("It was"), candidates=(" terrible", " great"), labels={"0": 0, "1": 1},
-         text=lambda r: r["text"].strip(), holdout=2000),
+    _binary_lines("mr", "mr/rt-polarity.all", "It was", (" terrible", " great"), "cp1252"),  # 0 neg, 1 pos
+    _binary_lines("cr", "cr/custrev.all", "It was", (" terrible", " great"), holdout=1000),  # 0 neg, 1 pos
+    _binary_lines("subj", "subj/subj.all", "This is", (" subjective", " objective"), "cp1252"),  # 0 subj, 1 obj
+    _binary_lines("mpqa", "mpqa/mpqa.all", "It was", (" terrible", " great")),  # 0 negative, 1 positive
 )
 # sst5/trec have no hub_id on purpose: the Hub copies (SetFit/sst5, CogComp/trec) use other
 # field names and, for TREC, another label order than these files.
