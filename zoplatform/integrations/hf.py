@@ -1,9 +1,11 @@
 """``ZOTrainer``: any registered ZO method inside the Hugging Face ``Trainer``.
 
->>> from zoplatform.integrations.hf import ZOTrainer          # doctest: +SKIP
->>> trainer = ZOTrainer(model=model, args=TrainingArguments(output_dir="out", learning_rate=1e-6),
-...                     train_dataset=train, zo_method="mezo", zo_config={"eps": 1e-3})   # doctest: +SKIP
->>> trainer.train()                                           # doctest: +SKIP
+Use (``tests/test_hf_trainer.py`` runs it on a tiny model)::
+
+    from zoplatform.integrations.hf import ZOTrainer
+    trainer = ZOTrainer(model=model, args=TrainingArguments(output_dir="out", learning_rate=1e-6),
+                        train_dataset=train, zo_method="mezo", zo_config={"eps": 1e-3})
+    trainer.train()
 
 How one optimisation step of the Trainer maps onto a ZO step
 ------------------------------------------------------------
