@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _table() -> dict[str, tuple[int, int, int, str]]:
     text = (FIXTURE_DIR / "SOURCES.md").read_text()
-    rows = re.findall(r"^\| (\S+) \| (\d+) \| (\d+) \| (\d+) \| ([0-9a-f]{16}) \|$", text, flags=re.M)
+    rows = re.findall(r"^\| (\S+) \| (\d+) \| (\d+) \| (\d+) \| ([0-9a-f]{16}) \|$", text, flags=re.MULTILINE)
     return {r[0]: (int(r[1]), int(r[2]), int(r[3]), r[4]) for r in rows}
 
 

@@ -378,13 +378,13 @@ POOL_DEFAULT_SIZES = (200, 100) if ON_FIXTURE else (1000, 500)
 LAST_ROW = {"subj": 2299, "cr": 1299} if ON_FIXTURE else {"subj": 9999, "cr": 3774}
 # real lines (bytes as in ../shared/data) that _pool_file writes into the fixture layout's MR / CR / SUBJ
 _MR_LINES = [b"0 simplistic , silly and tedious . ",
-             b"0 \x85the maudlin way its story unfolds suggests a director fighting against the urge to sensationalize "
-             b"his material . ",
+             (b"0 \x85the maudlin way its story unfolds suggests a director fighting against the urge to "
+              b"sensationalize his material . "),
              b"0 the action clich\xe9s just pile up . "]
 _SUBJ_FIRST = b"0 smart and alert , thirteen conversations about one thing is a small gem . "
 _SUBJ_LINES = [_SUBJ_FIRST,
-               b"0 starts slowly , but adrien brody \x96 in the title role \x96 helps make the film's conclusion powerful "
-               b"and satisfying . "]
+               (b"0 starts slowly , but adrien brody \x96 in the title role \x96 helps make the film's conclusion "
+                b"powerful and satisfying . ")]
 _SUBJ_LAST = (b"1 looking for a short cut to fame , glass concocted sources , quotes and even entire stories , but his "
               b"deception did not go unnoticed forever , and eventually , his world came crumbling down . . . ")
 _CR_FIRST = (b"0 weaknesses are minor : the feel and layout of the remote control are only so-so ; . it does n 't show "
