@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import DATA, needs_data, real_data
+from tests.conftest import DATA, ON_FIXTURE, needs_data, real_data
 from zoplatform.data import HUB, TASKS, Task, get_task, load_split, loading, resolve_data_dir, sample_splits
 from zoplatform.data.tasks import holdout_rows
 from zoplatform.errors import ConfigError, DataError, ZOError
@@ -18,8 +18,9 @@ from zoplatform.errors import ConfigError, DataError, ZOError
 @pytest.fixture(scope="module")
 def data_dir() -> Path:
     """The task files (tests/conftest.py): the real ones when found, else the in-repo fixture.  A test checking
-    exact real-data numbers is ``@real_data`` (skipped, and counted, on the fixture); the prompt tests on a
-    file's first row are ``@needs_data`` (the fixture keeps every file's first row)."""
+    exact numbers is ``@real_data``: it reads them from the table of its layout (``ON_FIXTURE``: the real
+    files' numbers, or the fixture's, each got without the loader as its comment says); the prompt tests on a
+    file's first row are ``@needs_data`` (the fixture keeps every file's first row, the same in both)."""
     return DATA
 
 
@@ -69,13 +70,22 @@ def test_get_task():
 
 
 # --- real data: sizes, labels, uids ----------------------------------------------------
+# Each table has a real-data version and a fixture version, picked by ON_FIXTURE.  Fixture values were counted
+# on the raw files of zoplatform/data/fixtures without zoplatform: rows = `wc -l` (sst2: less its header line;
+# the same as SOURCES.md's "rows kept"), MultiRC answers = python `json` sum of len(q["answers"]) over every
+# passage's questions, labels = collections.Counter of the raw "label" field (sst2 / trec: the line's label
+# column), mapped to words by the task's documented label order.
 
 # rows per split after MultiRC expands to answers; label counts in candidate order
-SIZES = {
+REAL_SIZES = {
     "sst2": (67349, 872), "rte": (2490, 277), "cb": (250, 56), "boolq": (None, 3270), "wic": (5428, 638),
     "wsc": (554, 104), "copa": (400, 100), "multirc": (27243, 4848), "sst5": (8544, 2210), "trec": (5452, 500),
 }
-TRAIN_LABELS = {
+FIXTURE_SIZES = {
+    "sst2": (1200, 500), "rte": (160, 80), "cb": (120, 40), "boolq": (None, 120), "wic": (100, 50),
+    "wsc": (80, 30), "copa": (200, 60), "multirc": (311, 224), "sst5": (200, 100), "trec": (300, 100),
+}
+REAL_TRAIN_LABELS = {
     "sst2": {" terrible": 29780, " great": 37569},
     "rte": {"Yes": 1249, "No": 1241},
     "cb": {"No": 119, "Yes": 115, "Maybe": 16},
@@ -84,6 +94,17 @@ TRAIN_LABELS = {
     "trec": {" Description": 1162, " Entity": 1250, " Expression": 86, " Human": 1223, " Location": 835,
              " Number": 896},
 }
+FIXTURE_TRAIN_LABELS = {
+    "sst2": {" terrible": 520, " great": 680},  # label column 0 / 1
+    "rte": {"Yes": 83, "No": 77},  # entailment / not_entailment
+    "cb": {"No": 55, "Yes": 52, "Maybe": 13},  # contradiction / entailment / neutral
+    "wic": {"No": 49, "Yes": 51},  # false / true
+    "wsc": {"No": 49, "Yes": 31},
+    "trec": {" Description": 58, " Entity": 74, " Expression": 2, " Human": 67, " Location": 46,
+             " Number": 53},  # file ids 0..5 = DESC ENTY ABBR HUM LOC NUM
+}
+SIZES = FIXTURE_SIZES if ON_FIXTURE else REAL_SIZES
+TRAIN_LABELS = FIXTURE_TRAIN_LABELS if ON_FIXTURE else REAL_TRAIN_LABELS
 
 
 @real_data
@@ -110,7 +131,7 @@ def test_every_task_loads_both_splits(data_dir, name):
 def test_load_returns_fresh_lists(data_dir):
     a = load_split("rte", "validation", data_dir)
     a.clear()
-    assert len(load_split("rte", "validation", data_dir)) == 277
+    assert len(load_split("rte", "validation", data_dir)) == SIZES["rte"][1]
 
 
 # --- exact prompts (MeZO's OPT templates) ---------------------------------------------
@@ -144,7 +165,8 @@ def test_cb_prompt(data_dir):
         "helping\"? Yes, No, or Maybe?\n"
     )
     assert ex[0].candidates == ("Yes", "No", "Maybe")
-    assert (ex[0].label, ex[1].label) == (1, 2)  # contradiction -> No, neutral -> Maybe
+    # row 1: neutral -> Maybe in the real file; contradiction -> No in the fixture (its line 2, read by eye)
+    assert (ex[0].label, ex[1].label) == (1, 1 if ON_FIXTURE else 2)  # row 0 (both): contradiction -> No
 
 
 @real_data
@@ -153,7 +175,8 @@ def test_copa_prompts(data_dir):
     assert ex[0].prompt == "The man turned on the faucet so "
     assert ex[0].candidates == ("the toilet filled with water.", "water flowed from the spout.")
     assert ex[0].label == 1
-    assert ex[2].candidates[ex[2].label] == "she received her pension."
+    # row 2: the fixture's line 3 is the hamburger row (label 1), read by eye
+    assert ex[2].candidates[ex[2].label] == ("the cook grilled it." if ON_FIXTURE else "she received her pension.")
     # "I" keeps its capital; cause questions use " because "
     i_row = next(e for e in ex if e.prompt.startswith("I wanted to conserve energy"))
     assert i_row.prompt == "I wanted to conserve energy so "
@@ -188,6 +211,15 @@ def test_wic_prompt(data_dir):
 @real_data
 def test_wsc_prompts(data_dir):
     ex = load_split("wsc", "validation", data_dir)
+    if ON_FIXTURE:  # the fixture's lines 2, 3 and 10 (wsc/val.jsonl), read by eye
+        assert ex[2].prompt == (
+            "The large ball crashed right through the table because it was made of styrofoam.\nIn the previous "
+            "sentence, does the pronoun \"it\" refer to The table? Yes or No?\n"
+        )
+        assert ex[2].candidates == ("No", "Yes") and ex[2].label == 1 and ex[1].label == 0
+        assert ex[9].prompt.startswith("The path to the lake was blocked, so we couldn't use it .\n")
+        assert ex[9].prompt.endswith("does the pronoun \"it\" refer to The lake? Yes or No?\n")
+        return
     assert ex[2].prompt == (
         "I tried to paint a picture of an orchard, with lemons in the lemon trees , but they came out looking "
         "more like light bulbs.\nIn the previous sentence, does the pronoun \"they\" refer to lemon trees? "
@@ -211,16 +243,24 @@ def test_multirc_one_example_per_answer(data_dir):
 
 
 @real_data
-def test_sst5_and_trec_prompts(data_dir):
+def test_sst5_and_trec_prompts(data_dir, tmp_data):
     e = load_split("sst5", "validation", data_dir)[0]
     assert e.prompt == "no movement , no yuks , not much of anything . It was"
     assert e.candidates == (" terrible", " bad", " okay", " good", " great") and e.label == 1
     t = load_split("trec", "validation", data_dir)
     assert t[0].prompt == "How far is it from Denver to Aspen ? The answer is about"
     assert t[0].candidates[t[0].label] == " Number"
-    assert t[2].candidates[t[2].label] == " Human"  # "Who was Galileo ?"
-    train = load_split("trec", "train", data_dir)
-    assert any("\u00f0" in e.text for e in train)  # the one latin-1 byte (0xF0) decodes, not crashes
+    # row 2: "Who was Galileo ?" in the real file; "4 What river in the US is known as the Big Muddy ?" in the fixture
+    assert t[2].candidates[t[2].label] == (" Location" if ON_FIXTURE else " Human")
+    # the real train file's one latin-1 byte (0xF0) decodes, not crashes; the fixture's sample lacks that row
+    # (grep -c $'\xf0' gives 0), so the row is written to a tmp copy of the task's files there
+    root = data_dir
+    if ON_FIXTURE:
+        root = tmp_data
+        _write(root, "trec/TREC.train.all", b"4 Which city has the oldest relationship as a sister\xf0city with "
+                                             b"Los Angeles ?\n0 What is an atom ?\n")
+    train = load_split("trec", "train", root)
+    assert any("sister\u00f0city" in e.text for e in train)
 
 
 # --- sampling (MeZO §1.3) ------------------------------------------------------------
@@ -229,61 +269,81 @@ def _uids(xs):
     return [e.uid for e in xs]
 
 
+# sampling sizes: MeZO's defaults on the real files; on the fixture's 1200 sst2 / 160 rte / 120 cb / 200 copa
+# train rows and 120 boolq validation rows, sizes that fit them
+SST2_SAMPLE = {"num_train": 600, "num_dev": 200} if ON_FIXTURE else {}
+# pinned: numpy's RandomState(0).permutation stream, identical in every process and numpy version;
+# python -c "import numpy; print(numpy.random.RandomState(0).permutation(N)[0])" gives 43787 for the real
+# 67349 train rows, 198 for the fixture's 1200
+SST2_FIRST = "sst2:train:198" if ON_FIXTURE else "sst2:train:43787"
+
+
 @real_data
 def test_sampling_deterministic_and_disjoint(data_dir):
-    a = sample_splits("sst2", data_dir, seed=0)
-    b = sample_splits("sst2", data_dir, seed=0)
-    c = sample_splits("sst2", data_dir, seed=1)
-    assert (len(a.train), len(a.dev), len(a.test)) == (1000, 500, 872)  # test: all 872 (< 1000)
+    a = sample_splits("sst2", data_dir, seed=0, **SST2_SAMPLE)
+    b = sample_splits("sst2", data_dir, seed=0, **SST2_SAMPLE)
+    c = sample_splits("sst2", data_dir, seed=1, **SST2_SAMPLE)
+    n_dev = SIZES["sst2"][1]  # test: all of validation (872 or 500, < num_test 1000)
+    assert (len(a.train), len(a.dev), len(a.test)) == ((600, 200) if ON_FIXTURE else (1000, 500)) + (n_dev,)
     assert _uids(a.train) == _uids(b.train) and _uids(a.dev) == _uids(b.dev) and _uids(a.test) == _uids(b.test)
     assert _uids(a.train) != _uids(c.train)
     assert not set(_uids(a.train)) & set(_uids(a.dev))
     assert all(u.startswith("sst2:train:") for u in _uids(a.train + a.dev))
     assert all(u.startswith("sst2:validation:") for u in _uids(a.test))
-    assert "all 872" in a.note
-    # pinned: numpy's RandomState(0).permutation stream, identical in every process and numpy version
-    assert a.train[0].uid == "sst2:train:43787"
+    assert f"all {n_dev}" in a.note
+    assert a.train[0].uid == SST2_FIRST
 
 
 @real_data
 def test_dev_is_the_tail_of_one_sample(data_dir):
     # train+dev is one seeded prefix; dev is its last num_dev rows (MeZO: train_samples[-num_dev:])
-    a = sample_splits("rte", data_dir, num_train=1000, num_dev=500, seed=3)
-    b = sample_splits("rte", data_dir, num_train=1400, num_dev=100, seed=3)
-    assert _uids(a.train + a.dev) == _uids(b.train + b.dev)
-    assert len(a.test) == 277 and len(set(_uids(a.test))) == 277
+    (ta, da), (tb, db) = ((100, 50), (140, 10)) if ON_FIXTURE else ((1000, 500), (1400, 100))
+    a = sample_splits("rte", data_dir, num_train=ta, num_dev=da, seed=3)
+    b = sample_splits("rte", data_dir, num_train=tb, num_dev=db, seed=3)
+    assert _uids(a.train + a.dev) == _uids(b.train + b.dev) and len(a.dev) == da and len(b.dev) == db
+    n = SIZES["rte"][1]
+    assert len(a.test) == n and len(set(_uids(a.test))) == n
 
 
 @real_data
 def test_small_train_sets_raise(data_dir):
-    with pytest.raises(DataError, match=r"cb: num_train \+ num_dev = 1000 \+ 500 = 1500 exceeds the 250"):
+    cb_train, cb_val = SIZES["cb"]
+    with pytest.raises(DataError, match=rf"cb: num_train \+ num_dev = 1000 \+ 500 = 1500 exceeds the {cb_train} "):
         sample_splits("cb", data_dir)
-    s = sample_splits("cb", data_dir, num_train=150, num_dev=100)
-    assert (len(s.train), len(s.dev), len(s.test)) == (150, 100, 56)
-    s = sample_splits("copa", data_dir, num_train=300, num_dev=100)
-    assert (len(s.train), len(s.dev), len(s.test)) == (300, 100, 100)
+    # MeZO's dev=100 on the real files (train = the rest); on the fixture the same shape, scaled down
+    (cb_t, cb_d), (copa_t, copa_d) = ((70, 50), (150, 50)) if ON_FIXTURE else ((150, 100), (300, 100))
+    assert cb_t + cb_d == cb_train and copa_t + copa_d == SIZES["copa"][0]  # every train row used
+    s = sample_splits("cb", data_dir, num_train=cb_t, num_dev=cb_d)
+    assert (len(s.train), len(s.dev), len(s.test)) == (cb_t, cb_d, cb_val)
+    s = sample_splits("copa", data_dir, num_train=copa_t, num_dev=copa_d)
+    assert (len(s.train), len(s.dev), len(s.test)) == (copa_t, copa_d, SIZES["copa"][1])
+    with pytest.raises(DataError, match=rf"exceeds the {cb_train} examples"):
+        sample_splits("cb", data_dir, num_train=cb_t, num_dev=cb_d + 1)
     with pytest.raises(ConfigError, match="num_dev must be a non-negative integer"):
         sample_splits("cb", data_dir, num_dev=-1)
 
 
 @real_data
 def test_boolq_carved_from_validation(data_dir):
-    s = sample_splits("boolq", data_dir)
+    sizes = {"num_train": 50, "num_dev": 20, "num_test": 40} if ON_FIXTURE else {}  # MeZO's 1000/500/1000 (real)
+    s = sample_splits("boolq", data_dir, **sizes)
     tr, dv, te = set(_uids(s.train)), set(_uids(s.dev)), set(_uids(s.test))
-    assert (len(tr), len(dv), len(te)) == (1000, 500, 1000)
+    assert (len(tr), len(dv), len(te)) == ((50, 20, 40) if ON_FIXTURE else (1000, 500, 1000))
     assert not (tr & dv or tr & te or dv & te)
     assert all(u.startswith("boolq:validation:") for u in tr | dv | te)
     assert "boolq/train.jsonl is not available" in s.note and "disjoint" in s.note
-    assert _uids(sample_splits("boolq", data_dir).train) == _uids(s.train)
-    with pytest.raises(DataError, match="3270 validation examples"):
-        sample_splits("boolq", data_dir, num_train=2000, num_dev=500, num_test=1000)
+    assert _uids(sample_splits("boolq", data_dir, **sizes).train) == _uids(s.train)
+    n = SIZES["boolq"][1]
+    with pytest.raises(DataError, match=f"{n} validation examples, but num_train \\+ num_dev \\+ num_test = {n + 1}"):
+        sample_splits("boolq", data_dir, num_train=n - 2, num_dev=2, num_test=1)
+    assert len(sample_splits("boolq", data_dir, num_train=n - 3, num_dev=2, num_test=1).train) == n - 3  # all fit
 
 
 # --- single-pool tasks: MR, CR, SUBJ, MPQA (one file, a fixed held-out test pool) ----------
 
 # file, rows, held-out rows, label counts of the file (SOURCES.md), of the test pool (stratified:
 # held * n_c / n, rounded), first row of the test pool (pinned: a change re-draws every test set)
-POOLS = {
+REAL_POOLS = {
     "mr": ("mr/rt-polarity.all", 10662, 2000, {" terrible": 5331, " great": 5331},
            {" terrible": 1000, " great": 1000}, 8266),
     "cr": ("cr/custrev.all", 3775, 1000, {" terrible": 1368, " great": 2407},
@@ -293,6 +353,67 @@ POOLS = {
     "mpqa": ("mpqa/mpqa.all", 10606, 2000, {" terrible": 7294, " great": 3312},
              {" terrible": 1375, " great": 625}, 189),  # 2000 * 7294 / 10606 = 1375.4
 }
+# On the fixture layout: MR, CR and SUBJ are not in the fixture (a 1,000-2,000-row held-out pool would need most
+# of each file), so pool_dir writes a file per task into tmp (_pool_file: the real file's first line, the lines
+# the prompt / decoding tests look for, and numbered filler lines; label counts set by construction) and
+# copies the fixture's MPQA (2300 rows; `cut -d' ' -f1 mpqa/mpqa.all | sort | uniq -c`: 1591 zeros, 709 ones).
+# Each train pool is 300 rows.  The first test row is not pinned there (None).
+FIXTURE_POOLS = {
+    "mr": ("mr/rt-polarity.all", 2300, 2000, {" terrible": 1150, " great": 1150},
+           {" terrible": 1000, " great": 1000}, None),
+    "cr": ("cr/custrev.all", 1300, 1000, {" terrible": 520, " great": 780},
+           {" terrible": 400, " great": 600}, None),  # 1000 * 520 / 1300 = 400 exactly
+    "subj": ("subj/subj.all", 2300, 2000, {" subjective": 1150, " objective": 1150},
+             {" subjective": 1000, " objective": 1000}, None),
+    "mpqa": ("mpqa/mpqa.all", 2300, 2000, {" terrible": 1591, " great": 709},
+             {" terrible": 1383, " great": 617}, None),  # 2000 * 1591 / 2300 = 1383.48, 2000 * 709 / 2300 = 616.52
+}
+POOLS = FIXTURE_POOLS if ON_FIXTURE else REAL_POOLS
+# sampling sizes for the pools: MeZO's defaults on the real files; 200 + 50 of the fixture layout's 300-row pools
+POOL_SAMPLE = (200, 50) if ON_FIXTURE else (1000, 500)
+# zo finetune's default sizes (1000, dev None): they fit the real pools; on a 300-row pool split_sizes keeps
+# dev at 100 and trains on the other 200 (its rule: dev 100 when more than 200 rows are available)
+POOL_DEFAULT_SIZES = (200, 100) if ON_FIXTURE else (1000, 500)
+# the rows the prompt test reads: each file's last row (SUBJ: a plot summary; CR: the line "1 ")
+LAST_ROW = {"subj": 2299, "cr": 1299} if ON_FIXTURE else {"subj": 9999, "cr": 3774}
+# real lines (bytes as in ../shared/data) that _pool_file writes into the fixture layout's MR / CR / SUBJ
+_MR_LINES = [b"0 simplistic , silly and tedious . ",
+             (b"0 \x85the maudlin way its story unfolds suggests a director fighting against the urge to "
+              b"sensationalize his material . "),
+             b"0 the action clich\xe9s just pile up . "]
+_SUBJ_FIRST = b"0 smart and alert , thirteen conversations about one thing is a small gem . "
+_SUBJ_LINES = [_SUBJ_FIRST,
+               (b"0 starts slowly , but adrien brody \x96 in the title role \x96 helps make the film's conclusion "
+                b"powerful and satisfying . ")]
+_SUBJ_LAST = (b"1 looking for a short cut to fame , glass concocted sources , quotes and even entire stories , but his "
+              b"deception did not go unnoticed forever , and eventually , his world came crumbling down . . . ")
+_CR_FIRST = (b"0 weaknesses are minor : the feel and layout of the remote control are only so-so ; . it does n 't show "
+             b"the complete file names of mp3s with really long names ; . you must cycle through every zoom setting ( "
+             b"2x , 3x , 4x , 1/2x , etc . ) before getting back to normal size [ sorry if i 'm just ignorant of a way "
+             b"to get back to 1x quickly ] .")
+
+
+def _pool_file(name: str, head: list[bytes], tail: list[bytes], rows: int, zeros: int) -> bytes:
+    """``head`` lines, numbered filler lines ("0 ..." until the file has ``zeros`` zeros, then "1 ..."), ``tail``
+    lines: ``rows`` lines in all, each text distinct."""
+    fixed = head + tail
+    fill0 = zeros - sum(line.startswith(b"0 ") for line in fixed)
+    fill = [b"%d synthetic %s row %d ." % (int(i >= fill0), name.encode(), i) for i in range(rows - len(fixed))]
+    return b"\n".join(head + fill + tail) + b"\n"
+
+
+@pytest.fixture(scope="module")
+def pool_dir(data_dir, tmp_path_factory) -> Path:
+    """The single-pool tasks' files: the real ones, or (fixture layout) MPQA's fixture file plus MR, CR, SUBJ
+    files written here as FIXTURE_POOLS says."""
+    if not ON_FIXTURE:
+        return data_dir
+    root = tmp_path_factory.mktemp("pools")
+    _write(root, "mpqa/mpqa.all", (data_dir / "mpqa/mpqa.all").read_bytes())
+    _write(root, "mr/rt-polarity.all", _pool_file("mr", _MR_LINES, [], 2300, 1150))
+    _write(root, "cr/custrev.all", _pool_file("cr", [_CR_FIRST], [b"1 "], 1300, 520))
+    _write(root, "subj/subj.all", _pool_file("subj", _SUBJ_LINES, [_SUBJ_LAST], 2300, 1150))
+    return root
 
 
 def _file_rows(xs, name, pool):
@@ -307,7 +428,8 @@ def _words(xs):
 
 @real_data
 @pytest.mark.parametrize("name", sorted(POOLS))
-def test_single_pool_split(data_dir, name):
+def test_single_pool_split(pool_dir, name):
+    data_dir = pool_dir
     rel, rows, held, labels, test_labels, _ = POOLS[name]
     task = TASKS[name]
     assert task.files == {"train": rel, "validation": rel} and task.holdout == held
@@ -327,23 +449,28 @@ def test_single_pool_split(data_dir, name):
 
 @real_data
 @pytest.mark.parametrize("name", sorted(POOLS))
-def test_single_pool_sampling(data_dir, name):
+def test_single_pool_sampling(pool_dir, name):
     from pipelines.finetune import split_sizes
 
-    assert split_sizes(name, data_dir, 1000, None) == (1000, 500)  # zo finetune's defaults fit the train pool
-    a, b = sample_splits(name, data_dir, seed=0), sample_splits(name, data_dir, seed=1)
+    data_dir = pool_dir
+    n_train, n_dev = POOL_SAMPLE
+    assert split_sizes(name, data_dir, 1000, None) == POOL_DEFAULT_SIZES  # zo finetune's defaults
+    a = sample_splits(name, data_dir, num_train=n_train, num_dev=n_dev, seed=0)
+    b = sample_splits(name, data_dir, num_train=n_train, num_dev=n_dev, seed=1)
     pool, test_pool = load_split(name, "train", data_dir), load_split(name, "validation", data_dir)
-    assert (len(a.train), len(a.dev), len(a.test)) == (1000, 500, 1000) and a.note == ""
+    assert len(pool) == POOLS[name][1] - POOLS[name][2]
+    assert (len(a.train), len(a.dev), len(a.test)) == (n_train, n_dev, 1000) and a.note == ""
     # test: the first 1000 of the fixed test pool, whatever the seed
     assert _uids(a.test) == _uids(b.test) == _uids(test_pool)[:1000]
-    assert _file_rows(test_pool, name, "test")[0] == POOLS[name][5]
+    if POOLS[name][5] is not None:
+        assert _file_rows(test_pool, name, "test")[0] == POOLS[name][5]
     # train/dev: MeZO's seeded permutation of the train pool, as for every task
     for seed, s in ((0, a), (1, b)):
         perm = np.random.RandomState(seed).permutation(len(pool))
-        assert _uids(s.train + s.dev) == [pool[i].uid for i in perm[:1500]]
+        assert _uids(s.train + s.dev) == [pool[i].uid for i in perm[:n_train + n_dev]]
         assert not set(_uids(s.train + s.dev)) & set(_uids(test_pool))
     assert _uids(a.train) != _uids(b.train)
-    c = sample_splits(name, data_dir, num_test=5000)
+    c = sample_splits(name, data_dir, num_train=n_train, num_dev=n_dev, num_test=5000)
     assert _uids(c.test) == _uids(test_pool) and f"all {POOLS[name][2]} held-out test examples" in c.note
     msg = f"exceeds the {len(pool)} examples of its train pool ({POOLS[name][0]} less its {POOLS[name][2]} held-out"
     with pytest.raises(DataError, match=re.escape(msg)):
@@ -351,7 +478,9 @@ def test_single_pool_sampling(data_dir, name):
 
 
 @real_data
-def test_single_pool_prompts(data_dir):
+def test_single_pool_prompts(pool_dir):
+    data_dir = pool_dir
+
     def by_row(name):
         ex = load_split(name, "train", data_dir) + load_split(name, "validation", data_dir)
         return {int(e.uid.rsplit(":", 1)[1]): e for e in ex}
@@ -362,18 +491,20 @@ def test_single_pool_prompts(data_dir):
     subj = by_row("subj")
     assert subj[0].prompt == "smart and alert , thirteen conversations about one thing is a small gem . This is"
     assert subj[0].candidates == (" subjective", " objective") and subj[0].label == 0  # a review's opinion
-    assert subj[9999].prompt.startswith("looking for a short cut to fame , glass concocted sources")
-    assert subj[9999].label == 1  # a plot summary: objective
+    assert subj[LAST_ROW["subj"]].prompt.startswith("looking for a short cut to fame , glass concocted sources")
+    assert subj[LAST_ROW["subj"]].label == 1 and len(subj) == LAST_ROW["subj"] + 1  # a plot summary: objective
     cr = by_row("cr")
     assert cr[0].prompt.startswith("weaknesses are minor : the feel and layout") and cr[0].prompt.endswith(" It was")
     assert cr[0].label == 0
-    assert (cr[3774].prompt, cr[3774].text, cr[3774].label) == ("It was", "", 1)  # the file's line is "1 "
+    last = cr[LAST_ROW["cr"]]
+    assert (last.prompt, last.text, last.label) == ("It was", "", 1) and len(cr) == LAST_ROW["cr"] + 1  # line "1 "
     mpqa = by_row("mpqa")[0]
     assert (mpqa.prompt, mpqa.candidates[mpqa.label]) == ("complaining It was", " terrible")
 
 
 @real_data
-def test_mr_subj_decode_windows_1252(data_dir, tmp_data):
+def test_mr_subj_decode_windows_1252(pool_dir, tmp_data):
+    data_dir = pool_dir
     raw = (data_dir / "mr/rt-polarity.all").read_bytes().split(b"\n")
     ex = {int(e.uid.rsplit(":", 1)[1]): e
           for e in load_split("mr", "train", data_dir) + load_split("mr", "validation", data_dir)}
