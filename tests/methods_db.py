@@ -63,4 +63,9 @@ METHODS = {m.name: m for m in [
                errors=(({"num_directions": 1}, r"num_directions=1 is invalid"),
                        ({"direction": "sobol"}, r"direction='sobol' is invalid"),
                        ({"K": 8}, r"unknown option 'K'"))),
+    MethodInfo("hizoo", quadratic={"lr": 0.05, "eps": 1e-3, "hessian_smooth": 1e-2}, has_direction=False, forwards=3,
+               variants=({"hessian_smooth": 1e-2}, {"hessian_smooth": 0.0}),
+               errors=(({"hessian_smooth": 1.0}, r"hessian_smooth=1.0 is invalid"),
+                       ({"hessian_smooth": -1e-8}, r"hessian_smooth=-1e-08 is invalid"),
+                       ({"direction": "gaussian"}, r"unknown option 'direction'"))),
 ]}

@@ -3,6 +3,7 @@ from ..registry import register
 from .base import ZOMethod
 from .curvzo import CurvZO, CurvZOConfig
 from .fzoo import FZOO, FZOOConfig
+from .hizoo import HiZOO, HiZOOConfig
 from .loren import LOREN, LORENConfig
 from .mezo import MeZO, MeZOConfig
 from .sparse_mezo import SparseMeZO, SparseMeZOConfig
@@ -14,6 +15,7 @@ register(CurvZO)
 register(LOREN)
 register(ZOFinetuner)
 register(FZOO)
+register(HiZOO)
 
 __all__ = [
     "FZOO",
@@ -21,6 +23,8 @@ __all__ = [
     "CurvZO",
     "CurvZOConfig",
     "FZOOConfig",
+    "HiZOO",
+    "HiZOOConfig",
     "LORENConfig",
     "MeZO",
     "MeZOConfig",
