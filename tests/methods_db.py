@@ -68,4 +68,12 @@ METHODS = {m.name: m for m in [
                errors=(({"hessian_smooth": 1.0}, r"hessian_smooth=1.0 is invalid"),
                        ({"hessian_smooth": -1e-8}, r"hessian_smooth=-1e-08 is invalid"),
                        ({"direction": "gaussian"}, r"unknown option 'direction'"))),
+    MethodInfo("lozo", has_direction=False,
+               variants=({"rank": 2, "step_interval": 3}, {"rank": 1, "step_interval": 2, "scale_by_rank": True},
+                         {"rank": 2, "step_interval": 3, "momentum": 0.7}),
+               errors=(({"rank": 0}, r"rank=0 is invalid"), ({"step_interval": 0}, r"step_interval=0 is invalid"),
+                       ({"momentum": 1.0}, r"momentum=1.0 is invalid"),
+                       ({"momentum": -0.5}, r"momentum=-0.5 is invalid"),
+                       ({"scale_by_rank": "maybe"}, r"scale_by_rank='maybe' is invalid"),
+                       ({"r": 2}, r"unknown option 'r'"))),
 ]}

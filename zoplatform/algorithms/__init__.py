@@ -5,6 +5,7 @@ from .curvzo import CurvZO, CurvZOConfig
 from .fzoo import FZOO, FZOOConfig
 from .hizoo import HiZOO, HiZOOConfig
 from .loren import LOREN, LORENConfig
+from .lozo import LOZO, LOZOConfig
 from .mezo import MeZO, MeZOConfig
 from .sparse_mezo import SparseMeZO, SparseMeZOConfig
 from .zo_finetuner import ZOFinetuner, ZOFinetunerConfig
@@ -16,6 +17,7 @@ register(LOREN)
 register(ZOFinetuner)
 register(FZOO)
 register(HiZOO)
+register(LOZO)
 
 __all__ = [
     "FZOO",
@@ -26,6 +28,8 @@ __all__ = [
     "HiZOO",
     "HiZOOConfig",
     "LORENConfig",
+    "LOZO",
+    "LOZOConfig",
     "MeZO",
     "MeZOConfig",
     "SparseMeZO",
