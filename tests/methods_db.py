@@ -76,4 +76,13 @@ METHODS = {m.name: m for m in [
                        ({"momentum": -0.5}, r"momentum=-0.5 is invalid"),
                        ({"scale_by_rank": "maybe"}, r"scale_by_rank='maybe' is invalid"),
                        ({"r": 2}, r"unknown option 'r'"))),
+    MethodInfo("zo-muon", has_direction=False, forwards=5,
+               variants=({"rank": 4, "step_interval": 3}, {"rank": 2, "num_queries": 2, "ortho": "muon_svd"},
+                         {"rank": 3, "estimator": "central", "num_queries": 1, "ortho": "none", "vector_lr_scale": 0.1}),
+               errors=(({"rank": 0}, r"rank=0 is invalid"), ({"step_interval": 0}, r"step_interval=0 is invalid"),
+                       ({"num_queries": 0}, r"num_queries=0 is invalid"),
+                       ({"estimator": "backward"}, r"estimator='backward' is invalid"),
+                       ({"ortho": "polar"}, r"ortho='polar' is invalid"),
+                       ({"vector_lr_scale": -1.0}, r"vector_lr_scale=-1.0 is invalid"),
+                       ({"direction": "gaussian"}, r"unknown option 'direction'"))),
 ]}

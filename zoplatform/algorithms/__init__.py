@@ -9,6 +9,7 @@ from .lozo import LOZO, LOZOConfig
 from .mezo import MeZO, MeZOConfig
 from .sparse_mezo import SparseMeZO, SparseMeZOConfig
 from .zo_finetuner import ZOFinetuner, ZOFinetunerConfig
+from .zo_muon import ZOMuon, ZOMuonConfig
 
 register(MeZO)
 register(SparseMeZO)
@@ -18,6 +19,7 @@ register(ZOFinetuner)
 register(FZOO)
 register(HiZOO)
 register(LOZO)
+register(ZOMuon)
 
 __all__ = [
     "FZOO",
@@ -37,4 +39,6 @@ __all__ = [
     "ZOFinetuner",
     "ZOFinetunerConfig",
     "ZOMethod",
+    "ZOMuon",
+    "ZOMuonConfig",
 ]
