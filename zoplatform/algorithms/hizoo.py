@@ -1,7 +1,7 @@
 """HiZOO: zeroth-order SGD preconditioned by a diagonal Hessian estimate.
 
-Zhao, Zhang, Li, Gu, Luo, Luo. *Second-Order Fine-Tuning without Pain for LLMs:
-A Hessian Informed Zeroth-Order Optimizer.* ICLR 2025, arXiv:2402.15173; code
+Zhao et al. *Second-Order Fine-Tuning without Pain for LLMs: A Hessian
+Informed Zeroth-Order Optimizer.* ICLR 2025, arXiv:2402.15173; code
 ``Yanjun-Zhao/HiZOO`` (2025 layout, ``trainer.py``).  Spec: ``docs/algorithms.md`` §9.
 
 Update rule (per tensor, H = diagonal Hessian estimate = Σ⁻¹, z regenerated from

@@ -1,7 +1,7 @@
 """LOZO / LOZO-M: zeroth-order SGD along low-rank perturbations with a lazily resampled subspace.
 
-Chen, Zhang, Ye, Yuan, Xu, Yin, Lin, Chen. *Enhancing Zeroth-Order Fine-Tuning for
-Language Models with Low-Rank Structures.* ICLR 2025, arXiv:2410.07698; code
+Chen et al. *Enhancing Zeroth-Order Fine-Tuning for Language Models with
+Low-Rank Structures.* ICLR 2025, arXiv:2410.07698; code
 ``optsuite/LOZO`` (``large_models/LOZOtrainer.py``, ``medium_models/src/LOZOtrainer.py``).
 Spec: ``docs/algorithms.md`` §10.
 

@@ -1,7 +1,7 @@
 """ZO-Muon: zeroth-order estimate in a random subspace, orthogonalised as Muon does.
 
-Lang et al. *ZO-Muon: Zeroth-Order Subspace Gradient Orthogonalisation for LLM
-Fine-Tuning.* arXiv:2602.17155 (Feb 2026); code ``OPTML-Group/ZO-Muon``
+Lang et al., ZO-Muon (zeroth-order subspace gradient orthogonalisation),
+arXiv:2602.17155 (Feb 2026); code ``OPTML-Group/ZO-Muon``
 (``llm/LowDimTrainer.py``, ``vit/zo_optimizer.py``).  Spec: ``docs/algorithms.md`` §11.
 
 Update rule (per matrix block W ∈ R^{m×n}; q queries on one batch; 1-D blocks: plain ZO-SGD)::
