@@ -131,8 +131,8 @@ def test_space_names_and_files_that_do_not_exist(tmp_path):
         load_space("adamzo")
     with pytest.raises(ConfigError, match="does not exist"):
         load_space(str(tmp_path / "nope.yaml"))
-    with pytest.raises(ConfigError, match="method 'hizoo' is not registered"):
-        load_space(_file(tmp_path, GOOD, method="hizoo"))
+    with pytest.raises(ConfigError, match="method 'adamzo' is not registered"):
+        load_space(_file(tmp_path, GOOD, method="adamzo"))
     (tmp_path / "broken.yaml").write_text("method: mezo\nparams: {lr: [1, \n")
     with pytest.raises(ConfigError, match="is not valid YAML"):
         load_space(str(tmp_path / "broken.yaml"))
