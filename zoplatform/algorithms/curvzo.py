@@ -264,12 +264,8 @@ class CurvZO(ZOMethod):
 
     Example — a quadratic over 8 tensors:
 
-    >>> import torch, zoplatform
-    >>> xs = [torch.nn.Parameter(torch.ones(4)) for _ in range(8)]
-    >>> opt = zoplatform.optimizer("curvzo", [(f"x{i}", x) for i, x in enumerate(xs)], lr=0.02, eps=1e-3)
-    >>> for _ in range(300):
-    ...     _ = opt.step(lambda: sum((x ** 2).sum() for x in xs))
-    >>> bool(sum((x ** 2).sum() for x in xs) < 8.0)
+    >>> from zoplatform.algorithms.demo import quadratic_loss_after
+    >>> quadratic_loss_after("curvzo", steps=300, shape=(4,), blocks=8, lr=0.02, eps=1e-3) < 8.0
     True
     """
 

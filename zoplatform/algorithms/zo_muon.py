@@ -107,12 +107,8 @@ class ZOMuon(ZOMethod):
 
     Example — a 10-D quadratic as a 2×5 matrix:
 
-    >>> import torch, zoplatform
-    >>> x = torch.nn.Parameter(torch.ones(2, 5))
-    >>> opt = zoplatform.optimizer("zo-muon", [("x", x)], lr=0.05, eps=1e-3, rank=2, seed=0)
-    >>> for _ in range(200):
-    ...     _ = opt.step(lambda: (x ** 2).sum())
-    >>> bool((x ** 2).sum() < 1.0)
+    >>> from zoplatform.algorithms.demo import quadratic_loss_after
+    >>> quadratic_loss_after("zo-muon", shape=(2, 5), lr=0.05, eps=1e-3, rank=2, seed=0) < 1.0
     True
     """
 
