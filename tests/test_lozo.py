@@ -184,15 +184,7 @@ def test_lozo_m_with_zero_momentum_is_lozo():
 @pytest.mark.parametrize("prec", ["bf16-mixed", "fp16-mixed", "bf16-true"])
 def test_lozo_m_replays_bit_exactly_in_every_precision(prec):
     """tests/test_precision.py covers the default (LOZO); the same replay check for LOZO-M."""
-    from tests.test_precision import net, train
-    from zoplatform import precision
+    from tests.test_precision import assert_replays_bit_exactly, train
 
     model, opt = train("lozo", None, 2, steps=5, prec=prec, momentum=0.8, rank=2, step_interval=2)
-    fresh = net()
-    if not precision.is_mixed(prec):
-        precision.cast_model_(fresh, prec)
-    blocks = precision.with_masters(zoplatform.model_blocks(fresh), prec)
-    precision.cast_model_(fresh, prec)
-    zoplatform.replay(zoplatform.make("lozo", **opt.trajectory.config), blocks, opt.trajectory.records)
-    for a, b in zip(model.parameters(), fresh.parameters()):
-        assert torch.equal(a, b)
+    assert_replays_bit_exactly("lozo", prec, model, opt)

@@ -89,6 +89,11 @@ def test_directions_are_a_function_of_seed_and_name_whatever_the_threads():
 @pytest.mark.parametrize("name", zoplatform.method_names())
 def test_replay_is_bit_exact_in_every_precision(name, prec):
     model, opt = train(name, "gaussian", 2, steps=4, prec=prec)
+    assert_replays_bit_exactly(name, prec, model, opt)
+
+
+def assert_replays_bit_exactly(name, prec, model, opt):
+    """Replaying ``opt``'s trajectory on a fresh net in ``prec`` gives ``model``'s weights (and masters) exactly."""
     fresh = net()
     if not precision.is_mixed(prec):
         precision.cast_model_(fresh, prec)

@@ -171,15 +171,7 @@ def test_the_rank_is_clamped_to_the_rows():
 def test_other_variants_replay_bit_exactly_in_every_precision(prec, extra):
     """tests/test_precision.py covers the default; the same replay check for the central estimator, the SVD
     and Subspace-MeZO."""
-    from tests.test_precision import net, train
-    from zoplatform import precision
+    from tests.test_precision import assert_replays_bit_exactly, train
 
     model, opt = train("zo-muon", None, 2, steps=5, prec=prec, rank=4, **extra)
-    fresh = net()
-    if not precision.is_mixed(prec):
-        precision.cast_model_(fresh, prec)
-    blocks = precision.with_masters(zoplatform.model_blocks(fresh), prec)
-    precision.cast_model_(fresh, prec)
-    zoplatform.replay(zoplatform.make("zo-muon", **opt.trajectory.config), blocks, opt.trajectory.records)
-    for a, b in zip(model.parameters(), fresh.parameters()):
-        assert torch.equal(a, b)
+    assert_replays_bit_exactly("zo-muon", prec, model, opt)
